@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is set-up.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV ?= .venv
+# `cpu` installs TensorFlow's CPU-only wheel; on a machine with an NVIDIA GPU use EXTRAS=gpu,test.
+EXTRAS ?= cpu,test
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+
+.PHONY: demo test install system-deps services clean
+
+demo: install
+	$(BIN)/lumbarnode demo
+
+# pytest's exit code 5 means no tests were collected: that is a failure, not a pass.
+test: install system-deps services
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); code=$$?; \
+	  if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$code
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is needed (found $(PYTHON))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+services:
+	bash scripts/start-services.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

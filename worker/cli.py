@@ -1,0 +1,173 @@
+"""`lumbarnode`: the one command-line entry point, with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def _version() -> str:
+    try:
+        return version("lumbarnode")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _pair(text: str, cast=float) -> tuple:
+    """'0.6x0.9' -> (0.6, 0.9); '320' -> (320, 320)."""
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected N or RxC, got {text!r}")
+    try:
+        return cast(parts[0]), cast(parts[1])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from training.phantom import PhantomParams
+    from training.studies import write_phantom_study
+
+    rows, cols = args.size
+    params = PhantomParams(lla_deg=args.lla, seed=args.seed, slices=args.slices, rows=rows, cols=cols,
+                           row_spacing_mm=args.spacing[0], col_spacing_mm=args.spacing[1], contrast=args.contrast)
+    try:
+        study = write_phantom_study(params, args.out)
+    except ValueError as exc:
+        print(f"phantom: {exc}", file=sys.stderr)
+        return 2
+    truth = study.truth
+    print(f"wrote {truth['instances']} MR instances to {study.dicom_dir}")
+    print(f"LLA {truth['lla_deg']:.2f} deg ({truth['class']}), levels {' '.join(truth['levels'])}")
+    print(f"ground truth: {study.truth_path}, labels: {study.labels_path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from dicom_io.errors import SeriesRefused
+    from dicom_io.series import describe, load_series
+
+    try:
+        series = load_series(args.path, require_volume=not args.allow_single)
+    except SeriesRefused as exc:
+        if args.json:
+            print(json.dumps({"refused": exc.reason, "message": str(exc)}))
+        else:
+            print(f"refused ({exc.reason}): {exc}")
+        return 2
+    info = describe(series)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    shape, spacing = info["shape"], info["pixel_spacing_mm"]
+    lines = [
+        f"series       {info['series_instance_uid']}  ({info['series_description'] or 'no description'})",
+        f"study        {info['study_instance_uid']}",
+        f"frame of ref {info['frame_of_reference_uid']}",
+        f"orientation  {info['orientation']} (normal {info['obliquity_deg']} deg from left-right), "
+        f"stored {info['source_orientation']}",
+        f"size         {shape['slices']} slices x {shape['rows']} rows x {shape['cols']} cols ({info['layout']})",
+        f"spacing      {spacing[0]} x {spacing[1]} mm in-plane (row x col), slices every "
+        f"{info['slice_spacing_mm']} mm, thickness {info['slice_thickness_mm']} mm",
+        f"positions    {info['slice_positions_mm'][0]} .. {info['slice_positions_mm'][-1]} mm (toward patient left)",
+        f"values       {info['value_range'][0]:g} .. {info['value_range'][1]:g}",
+        f"encoding     {', '.join(info['transfer_syntaxes'])}",
+        f"instances    {len(info['sop_instance_uids'])}: {info['sop_instance_uids'][0]} ...",
+    ]
+    lines += [f"warning      {w}" for w in info["warnings"]]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_wrap(args: argparse.Namespace) -> int:
+    from training.real_data import load_real, wrap_as_dicom
+
+    try:
+        volume = load_real(args.source, spacing_mm=args.spacing)
+    except (ValueError, OSError) as exc:
+        print(f"wrap: {exc}", file=sys.stderr)
+        return 2
+    paths = wrap_as_dicom(volume, Path(args.out) / "dicom")
+    if volume.labels is not None:
+        import numpy as np
+
+        np.savez_compressed(Path(args.out) / "labels.npz", labels=volume.labels)
+    known = "" if volume.spacing_known else " (assumed: the source lost its spacing)"
+    print(f"wrote {len(paths)} MR instances of {volume.source} to {Path(args.out) / 'dicom'}; "
+          f"spacing {volume.spacing_mm} mm{known}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The longest end-to-end path that exists today: make studies, then load them as the node will."""
+    from training.real_data import shared_data_dir
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="lumbarnode-demo-"))
+    print("lumbarnode demo: the DICOM node (listener, queue, worker, export) is not built yet;")
+    print("this demo generates a synthetic study and wraps a real one, then loads both as the worker will.\n")
+    steps = [["phantom", "--out", str(out / "phantom"), "--lla", "47", "--seed", "1", "--spacing", "0.6x0.9",
+              "--size", "448x320"],
+             ["inspect", str(out / "phantom" / "dicom")]]
+    real = shared_data_dir() / "fastmonai-t2-volume" / "img.nii.gz"
+    if real.is_file():
+        steps += [["wrap", str(real), "--out", str(out / "real")], ["inspect", str(out / "real" / "dicom")]]
+    else:
+        print(f"(no real data at {real.parent}: skipping the real-volume step)\n")
+    for step in steps:
+        print(f"$ lumbarnode {' '.join(step)}")
+        code = main(step)
+        print()
+        if code:
+            return code
+    print(f"demo output in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lumbarnode", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lumbarnode {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="write a synthetic sagittal lumbar MR study with exact ground truth")
+    p.add_argument("--out", required=True, help="folder to write dicom/, labels.npz and truth.json into")
+    p.add_argument("--lla", type=float, default=None, help="lumbar lordosis angle in degrees (default: from seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slices", type=int, default=15)
+    p.add_argument("--size", type=lambda t: _pair(t, int), default=(320, 320), help="N or ROWSxCOLS (default 320)")
+    p.add_argument("--spacing", type=_pair, default=(0.9, 0.9),
+                   help="pixel spacing ROWxCOL in mm, as DICOM PixelSpacing (default 0.9x0.9)")
+    p.add_argument("--contrast", choices=("t2", "t1"), default="t2")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("inspect", help="print what the series loader understands of a series, or why it refuses it")
+    p.add_argument("path", help="a series folder or a DICOM file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-single", action="store_true", help="accept a single 2-D slice")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("wrap", help="wrap real pixels (.npz volume, NIfTI, PNG slices) as a DICOM MR series")
+    p.add_argument("source", nargs="+", help="one .npz or .nii[.gz] volume, or PNG slices in order")
+    p.add_argument("--out", required=True)
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SLICE", "ROW", "COL"), default=None,
+                   help="spacing in mm where the source has none (default: the source's, or 1 mm)")
+    p.set_defaults(func=cmd_wrap)
+
+    p = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
+    p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
