@@ -10,13 +10,14 @@ ImageOrientationPatient / ImagePositionPatient that say so, as some scanners do.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID
 
 from dicom_io.geometry import SAGITTAL_IOP, InPlaneFlip, PlaneGrid
 
@@ -30,8 +31,9 @@ _PROTOCOLS = {
 
 
 def derived_uid(*parts: object) -> str:
-    """A UID under 2.25 derived from `parts`: the same inputs always give the same UID."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """A UID under 2.25 (a 128-bit integer) derived from `parts`: same inputs, same UID."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()[:16]
+    return "2.25." + str(int.from_bytes(digest, "big"))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 # positions closer than 0.01 mm are the same slice.
 _ORIENTATION_TOLERANCE = 1e-2
 _SAME_POSITION_MM = 1e-2
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -175,12 +176,16 @@ def load_series(
     if not datasets:
         raise errors.NoDicomFilesError("only a DICOMDIR was found, no images")
 
-    first = datasets[0][1]
-    study_uid, series_uid = _uid(first, "StudyInstanceUID"), _uid(first, "SeriesInstanceUID")
     for path, ds in datasets:
-        if _uid(ds, "SeriesInstanceUID") != series_uid:
+        missing = [k for k in _REQUIRED_UIDS if not ds.get(k)]
+        if missing:
+            raise errors.MalformedFileError(f"{path.name}: no {', '.join(missing)}")
+    first = datasets[0][1]
+    study_uid, series_uid = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    for path, ds in datasets:
+        if ds.SeriesInstanceUID != series_uid:
             raise errors.MixedSeriesError(
-                f"{path.name} belongs to series {_uid(ds, 'SeriesInstanceUID')}, not {series_uid}: "
+                f"{path.name} belongs to series {ds.SeriesInstanceUID}, not {series_uid}: "
                 "give one series at a time")
         modality = str(ds.get("Modality", ""))
         if modality != "MR":
@@ -273,13 +278,6 @@ def _sop_class(ds: Dataset) -> str:
     return str(ds.get("SOPClassUID", getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")))
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if not value:
-        raise errors.MissingGeometryError(f"the image {ds.get('SOPInstanceUID', '?')} has no {keyword}")
-    return str(value)
-
-
 def _decode(path: Path, ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         kinds = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
@@ -308,7 +306,7 @@ def _frames(path: Path, ds: Dataset) -> list[_Frame]:
         bits_stored=int(ds.get("BitsStored", 16)),
         signed=int(ds.get("PixelRepresentation", 0)) == 1,
     )
-    sop_class, sop_uid = _sop_class(ds), _uid(ds, "SOPInstanceUID")
+    sop_class, sop_uid = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         return _enhanced_frames(path, ds, pixels, sop_class, sop_uid, common)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
