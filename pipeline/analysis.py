@@ -1,0 +1,172 @@
+"""From a segmented sagittal series to the LLA, its class and quality flags.
+
+Arrays in, dataclasses out. The input is the network's class map (0 background, 1 vertebra,
+2 disc, 3 canal) for every slice of a series in the canonical layout, the pixel spacing, and
+optionally the class probabilities (for a confidence figure). The measured slice is chosen
+from the segmentation itself: the slice where L1 and S1 are both identified, with the most
+vertebral bodies and the widest spinal canal (the canal is widest at the midline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from pipeline.classify import Thresholds, classify_lla
+from pipeline.cobb import Endplate, cobb_angle_deg, fit_superior_endplate
+from pipeline.identify import Identification, identify
+from pipeline.labels import CANAL, DISC, VERTEBRA
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    thresholds: Thresholds = Thresholds()
+    plausible_lla_deg: tuple[float, float] = (-10.0, 90.0)  # outside: flagged as implausible
+    min_confidence: float = 0.85  # mean class probability over vertebra pixels
+    max_neighbour_spread_deg: float = 5.0  # LLA on the neighbouring slices may differ this much
+    max_endplate_rms_mm: float = 1.5  # scatter of the outline about a fitted endplate
+
+
+@dataclass(frozen=True)
+class VertebraResult:
+    level: str
+    centroid_px: Point  # (row, col) on the measured slice
+    superior_endplate_px: tuple[Point, Point] | None  # (anterior end, posterior end)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    slice_index: int | None
+    lla_deg: float | None
+    lla_class: str | None
+    vertebrae: dict[str, VertebraResult]
+    flags: tuple[str, ...]
+    label_map: np.ndarray  # (rows, cols) uint8 per-level values of the measured slice
+    confidence: float | None  # mean max class probability over vertebra pixels
+    neighbour_lla_deg: tuple[float, ...] = ()
+    cnn_class: str | None = None
+    cnn_probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _SliceResult:
+    index: int
+    identification: Identification
+    endplates: dict[str, Endplate | None]
+    lla_deg: float | None
+    canal_area_mm2: float
+
+    @property
+    def score(self) -> tuple:
+        # The midline shows the canal widest; lateral slices cut pedicles and facets instead,
+        # which pass for bodies when no canal separates them: such slices rank last.
+        has_canal = self.canal_area_mm2 > 0
+        return (has_canal, self.lla_deg is not None, self.canal_area_mm2, len(self.identification.bodies))
+
+
+def measure_slice(class_map: np.ndarray, spacing: tuple[float, float], index: int = 0) -> _SliceResult:
+    found = identify(class_map, spacing)
+    endplates = {}
+    for level, body in found.bodies.items():
+        # A body cut by the top of the field of view has no superior endplate to measure.
+        cut = bool(body.mask[0].any())
+        endplates[level] = None if cut else fit_superior_endplate(body.mask, spacing)
+        if cut and level in ("L1", "S1"):
+            found.flags.append(f"{level.lower()}_cut_by_field_of_view")
+    lla = None
+    if endplates.get("L1") is not None and endplates.get("S1") is not None:
+        lla = cobb_angle_deg(endplates["L1"], endplates["S1"])
+    canal = float((class_map == CANAL).sum() * spacing[0] * spacing[1])
+    return _SliceResult(index, found, endplates, lla, canal)
+
+
+def analyze(
+    class_maps: np.ndarray,
+    spacing: tuple[float, float],
+    probabilities: np.ndarray | None = None,
+    config: AnalysisConfig = AnalysisConfig(),
+) -> Analysis:
+    """Measure the LLA on the best slice of (slices, rows, cols) class maps."""
+    class_maps = np.asarray(class_maps)
+    if class_maps.ndim == 2:
+        class_maps = class_maps[None]
+    flags: list[str] = []
+    mirrored = _faces_right(class_maps)
+    if mirrored:
+        # Anterior must be on the left for "anterior end first" and the sign of the angle.
+        class_maps = class_maps[..., ::-1]
+        probabilities = None if probabilities is None else probabilities[:, :, ::-1]
+        flags.append("anterior_on_the_right:mirrored_for_measurement")
+
+    results = [measure_slice(m, spacing, i) for i, m in enumerate(class_maps)]
+    best = max(results, key=lambda r: (r.score, -abs(r.index - (len(results) - 1) / 2)))
+    found = best.identification
+    flags += found.flags
+    lla = best.lla_deg
+    neighbours = tuple(r.lla_deg for r in results
+                       if abs(r.index - best.index) == 1 and r.lla_deg is not None
+                       and r.canal_area_mm2 >= 0.5 * best.canal_area_mm2)
+    if lla is not None:
+        low, high = config.plausible_lla_deg
+        if not low <= lla <= high:
+            flags.append("implausible_angle")
+        if any(abs(n - lla) > config.max_neighbour_spread_deg for n in neighbours):
+            flags.append("lla_differs_on_neighbouring_slices")
+    for level in ("L1", "S1"):
+        endplate = best.endplates.get(level)
+        if endplate is not None and endplate.rms_mm > config.max_endplate_rms_mm:
+            flags.append(f"endplate_fit_poor:{level}")
+
+    confidence = None
+    if probabilities is not None:
+        vertebra = class_maps[best.index] == VERTEBRA
+        if vertebra.any():
+            confidence = float(probabilities[best.index].max(axis=-1)[vertebra].mean())
+            if confidence < config.min_confidence:
+                flags.append("low_segmentation_confidence")
+
+    cols = class_maps.shape[-1]
+    unmirror = (lambda p: (p[0], cols - 1 - p[1])) if mirrored else (lambda p: p)
+    vertebrae = {}
+    for level, body in found.bodies.items():
+        endplate = best.endplates.get(level)
+        ends = None if endplate is None else (unmirror(endplate.anterior_px), unmirror(endplate.posterior_px))
+        vertebrae[level] = VertebraResult(level, unmirror(body.centroid_px), ends)
+    label_map = found.label_map(class_maps.shape[1:], class_maps[best.index])
+    return Analysis(
+        slice_index=best.index,
+        lla_deg=lla,
+        lla_class=None if lla is None else classify_lla(lla, config.thresholds),
+        vertebrae=vertebrae,
+        flags=tuple(dict.fromkeys(flags)),
+        label_map=label_map[:, ::-1].copy() if mirrored else label_map,
+        confidence=confidence,
+        neighbour_lla_deg=neighbours,
+    )
+
+
+def with_second_opinion(analysis: Analysis, probabilities: dict[str, float]) -> Analysis:
+    """Attach the classifier's opinion; a disagreement with the rule class is a flag."""
+    cnn_class = max(probabilities, key=probabilities.get)
+    flags = list(analysis.flags)
+    if analysis.lla_class is not None and cnn_class != analysis.lla_class:
+        flags.append("cnn_disagrees_with_measurement")
+    return replace(analysis, cnn_class=cnn_class, cnn_probabilities=dict(probabilities), flags=tuple(flags))
+
+
+def _faces_right(class_maps: np.ndarray) -> bool:
+    """True when the canal lies anterior (left) of the discs: the patient faces right.
+
+    Discs, unlike vertebrae (whose posterior elements lie behind the canal), are only ever
+    in front of the canal.
+    """
+    canal_cols = np.nonzero(class_maps == CANAL)[-1]
+    front_cols = np.nonzero(class_maps == DISC)[-1]
+    if len(front_cols) < 20:
+        front_cols = np.nonzero(class_maps == VERTEBRA)[-1]
+    if len(canal_cols) < 20 or len(front_cols) < 20:
+        return False
+    return float(np.median(canal_cols)) < float(np.median(front_cols))

@@ -1,0 +1,178 @@
+"""Vertebra identification on one sagittal slice: separate the bodies, find S1, count up.
+
+Input: a class map of one canonical slice (0 background, 1 vertebra, 2 disc, 3 canal; rows
+superior -> inferior, columns anterior -> posterior) and its pixel spacing.
+
+1. Vertebral bodies are the vertebra pixels anterior to the spinal canal (posterior elements
+   lie behind it); each connected component is a body. Without a canal all vertebra pixels
+   are used, and a flag says so.
+2. The intervertebral discs separate the bodies. The body directly below the lowest disc is
+   S1 (the sacrum: every vertebra component below that disc belongs to it); the body
+   directly above it is L5, and the count continues upward: L4..L1, T12, T11.
+3. Nothing is silently relabelled: a missing S1 or L1, a missing disc between two bodies, or
+   an S1 that looks like a lumbar body (a transitional vertebra, sacralised L5 or lumbarised
+   S1) is a flag for the radiologist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pipeline.labels import (
+    CANAL, CANAL_VALUE, DISC, DISC_VALUE, LEVEL_VALUES, LEVELS_ABOVE_S1, UNIDENTIFIED_VERTEBRA, VERTEBRA,
+)
+
+MIN_BODY_AREA_MM2 = 80.0
+MIN_DISC_AREA_MM2 = 15.0
+
+
+@dataclass(frozen=True)
+class Component:
+    mask: np.ndarray  # bool (rows, cols)
+    centroid_px: tuple[float, float]  # (row, col)
+    area_mm2: float
+    height_mm: float  # superior-inferior extent
+
+    @property
+    def row(self) -> float:
+        return self.centroid_px[0]
+
+
+@dataclass
+class Identification:
+    bodies: dict[str, Component] = field(default_factory=dict)  # level -> body, superior to inferior
+    unidentified: list[Component] = field(default_factory=list)
+    discs: list[Component] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+    def label_map(self, shape: tuple[int, int], class_map: np.ndarray | None = None) -> np.ndarray:
+        """The `--mask-out` label map: level values, 19 unidentified, 30 disc, 40 canal."""
+        out = np.zeros(shape, np.uint8)
+        if class_map is not None:
+            out[class_map == CANAL] = CANAL_VALUE
+            out[class_map == DISC] = DISC_VALUE
+            out[class_map == VERTEBRA] = UNIDENTIFIED_VERTEBRA  # posterior elements, unassigned pieces
+        for component in self.unidentified:
+            out[component.mask] = UNIDENTIFIED_VERTEBRA
+        for level, component in self.bodies.items():
+            out[component.mask] = LEVEL_VALUES[level]
+        return out
+
+
+def components(mask: np.ndarray, spacing: tuple[float, float], min_area_mm2: float) -> list[Component]:
+    """Connected components larger than min_area_mm2, ordered superior to inferior."""
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    pixel_mm2 = spacing[0] * spacing[1]
+    found = []
+    for i in range(1, count):
+        area = stats[i, cv2.CC_STAT_AREA] * pixel_mm2
+        if area < min_area_mm2:
+            continue
+        found.append(Component(
+            mask=labels == i,
+            centroid_px=(float(centroids[i][1]), float(centroids[i][0])),
+            area_mm2=float(area),
+            height_mm=float(stats[i, cv2.CC_STAT_HEIGHT] * spacing[0]),
+        ))
+    return sorted(found, key=lambda c: c.row)
+
+
+def anterior_to_canal(class_map: np.ndarray) -> np.ndarray | None:
+    """Pixels in front of the canal's anterior wall (row by row), or None without a canal.
+
+    Rows the canal does not reach take the wall position of the nearest canal rows
+    (linear interpolation, constant beyond the ends).
+    """
+    canal = class_map == CANAL
+    rows = np.nonzero(canal.any(axis=1))[0]
+    if len(rows) < 5:
+        return None
+    front = np.array([np.nonzero(canal[r])[0].min() for r in rows], float)
+    wall = np.interp(np.arange(class_map.shape[0]), rows, front)
+    return np.arange(class_map.shape[1])[None, :] < wall[:, None]
+
+
+def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identification:
+    result = Identification()
+    vertebra = (class_map == VERTEBRA).astype(np.uint8)
+    vertebra = cv2.morphologyEx(vertebra, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    in_front = anterior_to_canal(class_map)
+    if in_front is None:
+        result.flags.append("canal_not_found")
+    else:
+        vertebra &= in_front.astype(np.uint8)
+    bodies = components(vertebra, spacing, MIN_BODY_AREA_MM2)
+    result.discs = components(class_map == DISC, spacing, MIN_DISC_AREA_MM2)
+    if not bodies:
+        result.flags += ["no_vertebrae_found", "s1_not_found", "l1_not_found"]
+        return result
+    if not result.discs:
+        result.unidentified = bodies
+        result.flags += ["no_discs_found", "s1_not_found", "l1_not_found"]
+        return result
+
+    lowest_disc = result.discs[-1]
+    below = [b for b in bodies if b.row > lowest_disc.row]
+    above = [b for b in bodies if b.row <= lowest_disc.row]
+    if not below:
+        result.unidentified = bodies
+        result.flags += ["s1_not_found", "l1_not_found"]
+        return result
+    sacrum = _merge(below, spacing)
+    result.bodies["S1"] = sacrum
+
+    chain = list(reversed(above))  # inferior to superior, starting with L5
+    for level, body in zip(LEVELS_ABOVE_S1, chain):
+        result.bodies[level] = body
+    result.unidentified = chain[len(LEVELS_ABOVE_S1):]
+    if "L1" not in result.bodies:
+        result.flags.append("l1_not_found")
+    result.flags += _gap_flags(result, chain, sacrum)
+    result.flags += _transitional_flags(result, chain, sacrum, lowest_disc)
+    # Superior to inferior, as a radiologist reads.
+    result.bodies = dict(sorted(result.bodies.items(), key=lambda kv: kv[1].row))
+    return result
+
+
+def _merge(parts: list[Component], spacing: tuple[float, float]) -> Component:
+    """The sacrum: its fused segments, possibly split into several components, as one."""
+    mask = np.logical_or.reduce([p.mask for p in parts])
+    rows, cols = np.nonzero(mask)
+    return Component(mask=mask, centroid_px=(float(rows.mean()), float(cols.mean())),
+                     area_mm2=float(sum(p.area_mm2 for p in parts)),
+                     height_mm=float((rows.max() - rows.min() + 1) * spacing[0]))
+
+
+def _gap_flags(result: Identification, chain: list[Component], sacrum: Component) -> list[str]:
+    """A disc should lie between each pair of neighbouring bodies; say where none does."""
+    flags = []
+    levels = LEVELS_ABOVE_S1[: len(chain)]
+    pairs = [("S1", sacrum, levels[0], chain[0])] if chain else []
+    pairs += [(levels[i], chain[i], levels[i + 1], chain[i + 1]) for i in range(len(chain) - 1)
+              if i + 1 < len(levels)]
+    for lower_name, lower, upper_name, upper in pairs:
+        if not any(upper.row < d.row < lower.row for d in result.discs):
+            flags.append(f"disc_not_found:{upper_name}-{lower_name}")
+    return flags
+
+
+def _transitional_flags(result: Identification, chain: list[Component], sacrum: Component,
+                        lowest_disc: Component) -> list[str]:
+    """Signs of lumbosacral transitional anatomy; never acted upon, only reported."""
+    flags = []
+    lumbar = [b for b in chain[:5]]
+    if lumbar:
+        typical_height = float(np.median([b.height_mm for b in lumbar]))
+        touches_bottom = sacrum.mask[-1].any()
+        if sacrum.height_mm < 1.3 * typical_height and not touches_bottom:
+            flags.append("possible_transitional_vertebra:s1_shaped_like_a_lumbar_body")
+    if len(result.discs) >= 3:
+        typical_disc = float(np.median([d.height_mm for d in result.discs[:-1]]))
+        if lowest_disc.height_mm < 0.4 * typical_disc:
+            flags.append("possible_transitional_vertebra:thin_lowest_disc")
+    if len(chain) > len(LEVELS_ABOVE_S1):
+        flags.append("more_vertebrae_than_labelled")
+    return flags
