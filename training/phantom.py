@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from pipeline.classify import classify_lla  # the one rule; re-exported for the tests
+
 LABELS = {"T11": 11, "T12": 12, "L1": 20, "L2": 21, "L3": 22, "L4": 23, "L5": 24, "S1": 26,
           "disc": 30, "canal": 40, "posterior": 50}  # 50 = posterior elements, phantom-only label
 
@@ -76,15 +78,6 @@ class Phantom:
     superior_endplates_px: dict[str, tuple[tuple[float, float], tuple[float, float]]]
     # the same points in image-plane mm: (row * row_spacing, col * col_spacing)
     superior_endplates_mm: dict[str, tuple[tuple[float, float], tuple[float, float]]]
-
-
-def classify_lla(lla_deg: float, low: float = 39.0, high: float = 53.0) -> str:
-    """Lordosis class: below `low` hypolordosis, [low, high) normal, `high` and above hyperlordosis."""
-    if lla_deg < low:
-        return "hypolordosis"
-    if lla_deg < high:
-        return "normal"
-    return "hyperlordosis"
 
 
 # --------------------------------------------------------------------------------------------
