@@ -100,8 +100,43 @@ def cmd_wrap(args: argparse.Namespace) -> int:
         np.savez_compressed(Path(args.out) / "labels.npz", labels=volume.labels)
     known = "" if volume.spacing_known else " (assumed: the source lost its spacing)"
     print(f"wrote {len(paths)} MR instances of {volume.source} to {Path(args.out) / 'dicom'}; "
-          f"spacing {volume.spacing_mm} mm{known}")
+          f"spacing {' x '.join(f'{v:.4g}' for v in volume.spacing_mm)} mm (slice x row x col){known}")
     return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from worker import analyze
+    from worker.settings import Settings
+
+    settings = Settings.from_env()
+    weights = settings.weights(settings.segmentation_model)
+    if not weights.is_file():
+        print(f"analyze: no segmentation weights at {weights}: run `make train`", file=sys.stderr)
+        return analyze.EXIT_REFUSED
+    models = analyze.Models.load(settings)
+    result, analysis, slices = analyze.run(Path(args.path), models, settings,
+                                           tuple(args.pixel_spacing) if args.pixel_spacing else None)
+    code = analyze.exit_code(result)
+    if analysis is not None and code != analyze.EXIT_REFUSED:
+        if args.mask_out:
+            import cv2
+
+            cv2.imwrite(args.mask_out, analyze.mask_on_source(analysis, slices))
+        if args.overlay_out:
+            import cv2
+
+            cv2.imwrite(args.overlay_out, analyze.overlay(analysis, slices))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif code == analyze.EXIT_REFUSED:
+        print(f"refused: {result['refused']}")
+    else:
+        lla = "not measured" if result["lla_deg"] is None else f"{result['lla_deg']:.1f} deg ({result['class']})"
+        print(f"LLA {lla}; CNN {result['cnn_class']}; slice {result['slice_index']}; "
+              f"levels {' '.join(result['vertebrae'])}")
+        if result["flags"]:
+            print("flags: " + ", ".join(result["flags"]))
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -157,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SLICE", "ROW", "COL"), default=None,
                    help="spacing in mm where the source has none (default: the source's, or 1 mm)")
     p.set_defaults(func=cmd_wrap)
+
+    p = sub.add_parser("analyze", help="measure the LLA on a DICOM series, a DICOM file or a PNG slice")
+    p.add_argument("path", help="a DICOM series folder, a DICOM file, or a 2-D greyscale PNG (superior up)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--mask-out", metavar="FILE.png", help="label map of the measured slice (per-level values)")
+    p.add_argument("--overlay-out", metavar="FILE.png", help="picture of the measurement")
+    p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"),
+                   help="pixel spacing (required for a correct angle on PNG input; default 1 mm)")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")

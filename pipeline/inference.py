@@ -1,0 +1,110 @@
+"""Running the networks: loaded once, called many times, batched over a series.
+
+A model is a Keras weights file with a small JSON beside it (`<name>.json`: name, version,
+architecture, input size, classes). The caller passes paths; nothing here knows where the
+shipped models live. TensorFlow is imported when a model is loaded, not on import, so that
+code that only measures does not pay for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.preprocess import CLASSIFIER_INPUT, SEGMENTATION_INPUT, from_network, normalise, to_network
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str  # of the weights file
+    architecture: str
+    input_size: int
+    classes: tuple[str, ...]
+
+    @classmethod
+    def read(cls, weights: Path) -> ModelInfo:
+        meta_path = weights.with_name(weights.name.removesuffix(".weights.h5") + ".json")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path.name} (model description) is missing beside {weights.name}")
+        meta = json.loads(meta_path.read_text())
+        return cls(name=meta["name"], version=meta["version"], sha256=sha256_of(weights),
+                   architecture=meta["architecture"], input_size=int(meta["input_size"]),
+                   classes=tuple(meta["classes"]))
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _compiled(model, input_size: int):
+    """The model as one traced graph: eager calls cost tens of ms each on a CPU."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 1], tf.float32)])
+    def forward(x):
+        return model(x, training=False)
+
+    return forward
+
+
+class Segmenter:
+    """The U-Net: slices in, class probabilities on each slice's own pixel grid out."""
+
+    def __init__(self, weights: str | Path, batch_size: int = 8):
+        from pipeline.networks import build_unet
+
+        weights = Path(weights)
+        self.info = ModelInfo.read(weights)
+        size = self.info.input_size or SEGMENTATION_INPUT
+        self._model = build_unet(classes=len(self.info.classes), input_size=size)
+        self._model.load_weights(weights)
+        self._forward = _compiled(self._model, size)
+        self._size = size
+        self.batch_size = batch_size
+
+    def probabilities(self, slices: np.ndarray) -> np.ndarray:
+        """(n, rows, cols) -> (n, rows, cols, classes) float32."""
+        slices = np.asarray(slices)
+        if slices.ndim == 2:
+            slices = slices[None]
+        x = to_network(slices, self._size)
+        out = np.concatenate([self._forward(x[i:i + self.batch_size]).numpy()
+                              for i in range(0, len(x), self.batch_size)])
+        if out.shape[-1] == 1:  # the binary variant: background vs vertebra
+            out = np.concatenate([1 - out, out], axis=-1)
+        return from_network(out, slices.shape[1:])
+
+
+def classifier_input(image: np.ndarray, size: int = CLASSIFIER_INPUT) -> np.ndarray:
+    """One slice as Deteclordose sees it: normalised, resized, on the 0..255 scale the model rescales."""
+    return to_network(normalise(image), size) * 255.0
+
+
+class LordosisClassifier:
+    """Deteclordose: one slice in, a probability per lordosis class out."""
+
+    def __init__(self, weights: str | Path):
+        from pipeline.networks import build_deteclordose
+
+        weights = Path(weights)
+        self.info = ModelInfo.read(weights)
+        self._model = build_deteclordose(input_size=self.info.input_size)
+        self._model.load_weights(weights)
+        self._forward = _compiled(self._model, self.info.input_size)
+
+    def probabilities(self, image: np.ndarray) -> dict[str, float]:
+        p = self._forward(classifier_input(image, self.info.input_size)).numpy()[0]
+        return {name: float(v) for name, v in zip(self.info.classes, p)}

@@ -1,0 +1,96 @@
+"""The measurement on whole series: slice choice, LLA against exact phantom truth, flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.analysis import analyze, with_second_opinion
+from pipeline.labels import CANAL, DISC, VERTEBRA
+from training.phantom import LABELS, PhantomParams, make_phantom
+
+
+def classes_of(labels: np.ndarray) -> np.ndarray:
+    """Phantom per-level labels -> the network's four classes."""
+    out = np.zeros(labels.shape, np.uint8)
+    vertebra = [v for k, v in LABELS.items() if k not in ("disc", "canal")]
+    out[np.isin(labels, vertebra)] = VERTEBRA
+    out[labels == LABELS["disc"]] = DISC
+    out[labels == LABELS["canal"]] = CANAL
+    return out
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    cases = [(47.0, 1, 320, 320, 0.9, 0.9), (22.0, 2, 448, 320, 0.6, 0.9), (68.0, 3, 320, 400, 1.0, 0.7)]
+    return [make_phantom(PhantomParams(lla_deg=lla, seed=seed, slices=7, rows=r, cols=c,
+                                       row_spacing_mm=rs, col_spacing_mm=cs))
+            for lla, seed, r, c, rs, cs in cases]
+
+
+def test_lla_on_reference_masks_matches_the_exact_truth(phantoms):
+    for phantom in phantoms:
+        spacing = (phantom.params.row_spacing_mm, phantom.params.col_spacing_mm)
+        result = analyze(classes_of(phantom.labels), spacing)
+        assert result.lla_deg == pytest.approx(phantom.lla_deg, abs=0.5)
+        assert result.lla_class == phantom.lla_class
+        assert abs(result.slice_index - phantom.mid_slice) <= 1
+        mid = phantom.labels[result.slice_index]
+        for level in ("L1", "L2", "L3", "L4", "L5", "S1"):
+            row, col = (int(round(x)) for x in result.vertebrae[level].centroid_px)
+            assert mid[row, col] == LABELS[level], level
+        truth = np.array(phantom.superior_endplates_px["L1"])
+        found = np.array(result.vertebrae["L1"].superior_endplate_px)
+        assert np.abs((found - truth) * spacing).max() < 3.0  # end points within 3 mm
+
+
+def test_label_map_matches_the_reference_levels(phantoms):
+    phantom = phantoms[0]
+    result = analyze(classes_of(phantom.labels), (0.9, 0.9))
+    reference = phantom.labels[result.slice_index]
+    for value in (20, 21, 22, 23, 24):
+        ours, theirs = result.label_map == value, reference == value
+        dice = 2 * (ours & theirs).sum() / (ours.sum() + theirs.sum())
+        assert dice > 0.95, value
+
+
+def test_a_mirrored_image_gives_the_same_angle_and_says_so(phantoms):
+    phantom = phantoms[1]
+    spacing = (0.6, 0.9)
+    straight = analyze(classes_of(phantom.labels), spacing)
+    mirrored = analyze(classes_of(phantom.labels)[..., ::-1], spacing)
+    assert mirrored.lla_deg == pytest.approx(straight.lla_deg, abs=0.05)
+    assert "anterior_on_the_right:mirrored_for_measurement" in mirrored.flags
+    cols = phantom.labels.shape[-1]
+    (r0, c0), _ = straight.vertebrae["S1"].superior_endplate_px
+    (r1, c1), _ = mirrored.vertebrae["S1"].superior_endplate_px
+    assert (r1, c1) == pytest.approx((r0, cols - 1 - c0), abs=0.05)
+    np.testing.assert_array_equal(mirrored.label_map, straight.label_map[:, ::-1])
+
+
+def test_a_single_slice_can_be_analysed(phantoms):
+    phantom = phantoms[0]
+    result = analyze(classes_of(phantom.labels[phantom.mid_slice]), (0.9, 0.9))
+    assert result.slice_index == 0 and result.lla_deg == pytest.approx(phantom.lla_deg, abs=0.5)
+
+
+@pytest.mark.parametrize("margin, flag", [(8, "l1_not_found"), (-5, "l1_cut_by_field_of_view")])
+def test_l1_missing_or_cut_gives_no_angle_and_a_flag(phantoms, margin, flag):
+    phantom = phantoms[0]
+    l1_bottom = max(np.nonzero(phantom.labels[phantom.mid_slice] == LABELS["L1"])[0])
+    cropped = classes_of(phantom.labels)[:, l1_bottom + margin:, :]  # the view starts below or inside L1
+    result = analyze(cropped, (0.9, 0.9))
+    assert result.lla_deg is None and result.lla_class is None
+    assert flag in result.flags
+
+
+def test_low_confidence_and_cnn_disagreement_are_flags(phantoms):
+    phantom = phantoms[0]
+    classes = classes_of(phantom.labels)
+    unsure = np.full(classes.shape + (4,), 0.25, np.float32)
+    result = analyze(classes, (0.9, 0.9), probabilities=unsure)
+    assert result.confidence == pytest.approx(0.25) and "low_segmentation_confidence" in result.flags
+    opinion = with_second_opinion(result, {"hypolordosis": 0.7, "normal": 0.2, "hyperlordosis": 0.1})
+    assert opinion.cnn_class == "hypolordosis" and "cnn_disagrees_with_measurement" in opinion.flags
+    agree = with_second_opinion(result, {"hypolordosis": 0.1, "normal": 0.8, "hyperlordosis": 0.1})
+    assert "cnn_disagrees_with_measurement" not in agree.flags

@@ -1,0 +1,145 @@
+"""`lumbarnode analyze`: one series, file or PNG in; the measurement, a mask and a picture out.
+
+Composition only: dicom_io reads the input, pipeline segments and measures, and the
+result is mapped back onto the pixels of the input slice for the JSON and the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dicom_io.errors import SeriesRefused
+from dicom_io.geometry import InPlaneFlip
+from dicom_io.series import load_series
+from pipeline.analysis import Analysis, AnalysisConfig, analyze, with_second_opinion
+from pipeline.classify import Thresholds
+from pipeline.inference import LordosisClassifier, Segmenter
+from pipeline.overlay import render_overlay
+from worker.settings import Settings
+
+EXIT_MEASURED, EXIT_REFUSED, EXIT_NOT_MEASURED = 0, 2, 3
+
+
+class InputRefused(Exception):
+    """The input cannot be analysed; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Models:
+    segmenter: Segmenter
+    classifier: LordosisClassifier | None
+
+    @classmethod
+    def load(cls, settings: Settings) -> Models:
+        classifier_path = settings.weights(settings.classifier_model)
+        return cls(
+            segmenter=Segmenter(settings.weights(settings.segmentation_model)),
+            classifier=LordosisClassifier(classifier_path) if classifier_path.is_file() else None,
+        )
+
+
+@dataclass(frozen=True)
+class Slices:
+    """The input as canonical slices, and how to map results back onto its own pixels."""
+
+    pixels: np.ndarray  # (n, rows, cols) canonical
+    spacing: tuple[float, float]
+    in_plane: InPlaneFlip
+    sop_instance_uids: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+
+
+def read_input(path: Path, pixel_spacing: tuple[float, float] | None, settings: Settings) -> Slices:
+    if path.suffix.lower() == ".png":
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise InputRefused(f"{path.name}: not a readable PNG image")
+        if image.ndim == 3:
+            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
+        flags = () if pixel_spacing else ("pixel_spacing_assumed_1mm",)
+        return Slices(image[None].astype(np.float32), pixel_spacing or (1.0, 1.0), InPlaneFlip(), flags=flags)
+    try:
+        series = load_series(path, require_volume=False, max_obliquity_deg=settings.max_obliquity_deg)
+    except SeriesRefused as exc:
+        raise InputRefused(f"{exc.reason}: {exc}") from exc
+    spacing = pixel_spacing or series.pixel_spacing_mm
+    return Slices(series.pixels, spacing, series.in_plane, tuple(s.sop_instance_uid for s in series.slices),
+                  series.warnings)
+
+
+def run(path: Path, models: Models, settings: Settings,
+        pixel_spacing: tuple[float, float] | None = None) -> tuple[dict, Analysis | None, Slices | None]:
+    """The JSON report (the analyze contract), the analysis, and the slices it was made on."""
+    try:
+        slices = read_input(path, pixel_spacing, settings)
+    except InputRefused as exc:
+        return refusal(str(exc), models), None, None
+    probabilities = models.segmenter.probabilities(slices.pixels)
+    class_maps = probabilities.argmax(axis=-1).astype(np.uint8)
+    config = AnalysisConfig(thresholds=Thresholds(settings.lla_low_deg, settings.lla_high_deg))
+    analysis = analyze(class_maps, slices.spacing, probabilities, config)
+    if not analysis.vertebrae:
+        return refusal("no spine found: no vertebral body was identified", models, analysis.flags), analysis, slices
+    if models.classifier is not None:
+        analysis = with_second_opinion(analysis, models.classifier.probabilities(slices.pixels[analysis.slice_index]))
+    return report(analysis, slices, model_block(models)), analysis, slices
+
+
+def report(analysis: Analysis, slices: Slices, model: dict) -> dict:
+    shape = slices.pixels.shape[1:]
+
+    def point(p) -> list[float]:
+        return [round(v, 2) for v in slices.in_plane.point_to_source(p[0], p[1], shape)]
+
+    vertebrae = {
+        level: {"centroid": point(v.centroid_px),
+                "superior_endplate": None if v.superior_endplate_px is None
+                else [point(q) for q in v.superior_endplate_px]}
+        for level, v in analysis.vertebrae.items()
+    }
+    out = {
+        "lla_deg": None if analysis.lla_deg is None else round(analysis.lla_deg, 2),
+        "class": analysis.lla_class,
+        "cnn_class": analysis.cnn_class,
+        "cnn_probabilities": {k: round(v, 4) for k, v in analysis.cnn_probabilities.items()} or None,
+        "flags": [*slices.flags, *analysis.flags],
+        "slice_index": analysis.slice_index,
+        "vertebrae": vertebrae,
+        "model": model,
+    }
+    if slices.sop_instance_uids:
+        out["sop_instance_uid"] = slices.sop_instance_uids[analysis.slice_index]
+    if analysis.confidence is not None:
+        out["segmentation_confidence"] = round(analysis.confidence, 4)
+    return out
+
+
+def refusal(reason: str, models: Models | None, flags=()) -> dict:
+    return {"lla_deg": None, "class": None, "cnn_class": None, "cnn_probabilities": None,
+            "flags": list(flags), "slice_index": None, "vertebrae": {}, "refused": reason,
+            "model": model_block(models) if models else None}
+
+
+def model_block(models: Models) -> dict:
+    block = models.segmenter.info.as_dict()
+    if models.classifier is not None:
+        block["classifier"] = models.classifier.info.as_dict()
+    return block
+
+
+def mask_on_source(analysis: Analysis, slices: Slices) -> np.ndarray:
+    return slices.in_plane.to_source(analysis.label_map)
+
+
+def overlay(analysis: Analysis, slices: Slices) -> np.ndarray:
+    return render_overlay(slices.pixels[analysis.slice_index], analysis, slices.spacing)
+
+
+def exit_code(result: dict) -> int:
+    if "refused" in result:
+        return EXIT_REFUSED
+    return EXIT_MEASURED if result["lla_deg"] is not None else EXIT_NOT_MEASURED

@@ -1,0 +1,34 @@
+"""Every setting in one object, read from the environment (LUMBARNODE_*), with the
+embedded defaults of the house plan."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = REPOSITORY / "models"
+    segmentation_model: str = "unet_4class"
+    classifier_model: str = "deteclordose"
+    lla_low_deg: float = 39.0  # below: hypolordosis
+    lla_high_deg: float = 53.0  # at or above: hyperlordosis
+    max_obliquity_deg: float = 30.0  # sagittal series may be this oblique
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f"LUMBARNODE_{f.name.upper()}")
+            if raw is not None:
+                kind = type(f.default)
+                values[f.name] = Path(raw) if isinstance(f.default, Path) else kind(raw)
+        return cls(**values)
+
+    def weights(self, model: str) -> Path:
+        return self.model_dir / f"{model}.weights.h5"
