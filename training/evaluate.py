@@ -1,0 +1,456 @@
+"""Evaluation of trained weights: Dice and IoU per class and per patient (pixel accuracy only
+beside them), confusion matrices, classifier metrics, plots, and the hook where the LLA /
+Bland-Altman evaluation plugs in.
+
+    python -m training evaluate /tmp/train_runs/unet            # rebuilds its validation split
+    python -m training evaluate /tmp/train_runs/deteclordose --weights other.weights.h5
+
+Segmentation metrics are computed on each slice's own pixel grid (network output resized back
+with pipeline.preprocess.from_network, as inference does), and only on pixels whose truth is
+known for the class in question (see training.datasets: partial labels). Dice / IoU of a
+patient pool all its slices; the means are over patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.networks import LORDOSIS_CLASSES, SEGMENTATION_CLASSES
+from pipeline.preprocess import CLASSIFIER_INPUT, SEGMENTATION_INPUT, from_network, to_network
+from training import datasets as ds
+
+FOREGROUND_NAMES = SEGMENTATION_CLASSES[1:]
+OVERLAY_COLOURS_BGR = {1: (60, 60, 230), 2: (60, 200, 60), 3: (230, 140, 40)}  # vertebra red, disc green, canal blue
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics on masks
+# --------------------------------------------------------------------------------------------
+def overlap_counts(pred: np.ndarray, bits: np.ndarray, n_classes: int = len(SEGMENTATION_CLASSES)) -> np.ndarray:
+    """(n_classes, 3) = intersection, predicted, true pixel counts per class, counted on the pixels
+    where the class is decided (exactly that class, or certainly not); -1 rows: undecided everywhere."""
+    out = np.full((n_classes, 3), -1, np.int64)
+    single = (bits & (bits - 1)) == 0  # exactly one class allowed
+    for c in range(n_classes):
+        bit = np.uint8(1 << c)
+        truth = single & (bits == bit)
+        decided = truth | ((bits & bit) == 0)
+        if not decided.any():
+            continue
+        p = (pred == c) & decided
+        out[c] = (np.count_nonzero(p & truth), np.count_nonzero(p), np.count_nonzero(truth))
+    return out
+
+
+def dice_iou_from_counts(inter: float, pred: float, true: float) -> tuple[float, float]:
+    """NaN when the class is neither present nor predicted (nothing to score)."""
+    if pred + true == 0:
+        return float("nan"), float("nan")
+    return 2.0 * inter / (pred + true), inter / (pred + true - inter)
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray, classes: Sequence[int] = (1, 2, 3)) -> dict[int, tuple[float, float]]:
+    """Dice and IoU per class for two fully known integer label maps."""
+    out = {}
+    for c in classes:
+        p, t = pred == c, truth == c
+        out[c] = dice_iou_from_counts(np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t))
+    return out
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """Rows = truth, columns = prediction."""
+    return np.bincount(truth.astype(np.int64) * n + pred.astype(np.int64), minlength=n * n).reshape(n, n)
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
+                           class_names: Sequence[str] = LORDOSIS_CLASSES) -> dict:
+    """Accuracy, per-class and macro precision / recall / F1, confusion matrix (rows = truth)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = len(class_names)
+    cm = confusion_matrix(y_true, y_pred, n)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(axis=0), out=np.zeros(n), where=cm.sum(axis=0) > 0)
+    recall = np.divide(tp, cm.sum(axis=1), out=np.zeros(n), where=cm.sum(axis=1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    present = cm.sum(axis=1) > 0  # macro over the classes present in the truth
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(tp.sum() / max(len(y_true), 1)),
+        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
+        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(cm[i].sum())} for i, name in enumerate(class_names)},
+        "confusion_matrix": cm.tolist(),
+        "confusion_labels": list(class_names),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Hook: LLA / Bland-Altman evaluation (plugged in by the pipeline code that measures angles)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LLACase:
+    patient_id: str
+    image: np.ndarray                       # (rows, cols) slice, canonical layout
+    predicted_labels: np.ndarray            # (rows, cols) 0..3 from the U-Net, on the slice's grid
+    spacing_mm: tuple[float, float] | None  # (row, col)
+    reference_lla_deg: float                # exact (phantom) reference
+    reference_level_labels: np.ndarray | None = None  # the source's per-level labels, if any
+
+
+LLAMeasurer = Callable[[LLACase], float | None]
+_LLA_MEASURER: LLAMeasurer | None = None
+
+
+def register_lla_measurer(measurer: LLAMeasurer | None) -> None:
+    """HOOK: the pipeline registers its angle measurement here (a case -> measured LLA in degrees,
+    or None when it cannot measure). Nothing in training/ measures angles itself."""
+    global _LLA_MEASURER
+    _LLA_MEASURER = measurer
+
+
+def bland_altman(reference: Sequence[float], measured: Sequence[float]) -> dict:
+    """Mean difference (measured - reference), 95 % limits of agreement, MAE."""
+    ref, mea = np.asarray(reference, float), np.asarray(measured, float)
+    diff = mea - ref
+    sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+    return {"n": int(len(diff)), "mae_deg": float(np.abs(diff).mean()), "bias_deg": float(diff.mean()),
+            "sd_deg": sd, "loa_low_deg": float(diff.mean() - 1.96 * sd), "loa_high_deg": float(diff.mean() + 1.96 * sd)}
+
+
+def evaluate_lla(cases: Sequence[LLACase]) -> dict:
+    """LLA agreement on the cases with a reference angle, through the registered measurer."""
+    if _LLA_MEASURER is None:
+        return {"status": "not evaluated: no LLA measurer registered (evaluate.register_lla_measurer)",
+                "cases_available": len(cases)}
+    pairs = [(c.reference_lla_deg, _LLA_MEASURER(c)) for c in cases]
+    ok = [(r, m) for r, m in pairs if m is not None]
+    result = {"status": "ok", "cases": len(cases), "measured": len(ok)}
+    if ok:
+        result |= bland_altman([r for r, _ in ok], [m for _, m in ok])
+        result["pairs"] = [{"reference_deg": r, "measured_deg": m} for r, m in ok]
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------
+def _load_model(model_weights, builder):
+    if hasattr(model_weights, "predict"):
+        return model_weights
+    model = builder()
+    model.load_weights(str(model_weights))
+    return model
+
+
+def predict_segmentation(model, samples: Sequence[ds.Sample], input_size: int = SEGMENTATION_INPUT,
+                         batch_size: int = 8) -> list[np.ndarray]:
+    """Label maps (argmax) on each slice's own grid, through the shared preprocessing contract."""
+    out = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        x = np.concatenate([to_network(s.image, input_size) for s in chunk])
+        prob = model.predict(x, verbose=0)
+        for s, p in zip(chunk, prob):
+            out.append(np.argmax(from_network(p[None], s.image.shape)[0], axis=-1).astype(np.uint8))
+    return out
+
+
+def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_size: int = SEGMENTATION_INPUT,
+                          batch_size: int = 8, return_predictions: bool = False):
+    """Dice / IoU per class (vertebra, disc, canal) per patient and their means (overall and per
+    source), pooled Dice, pixel accuracy and a confusion matrix on exactly labelled pixels.
+    `model_weights`: a .weights.h5 path or a built model. Returns the dict (and predictions)."""
+    from pipeline.networks import build_unet
+
+    model = _load_model(model_weights, lambda: build_unet(len(SEGMENTATION_CLASSES), input_size))
+    samples = [s for s in samples if s.mask is not None]
+    predictions = predict_segmentation(model, samples, input_size, batch_size)
+    n = len(SEGMENTATION_CLASSES)
+    per_patient: dict[str, np.ndarray] = {}
+    pooled = {}
+    cm = np.zeros((n, n), np.int64)
+    for s, pred in zip(samples, predictions):
+        bits = ds.allowed_bits(s.mask, s.known, s.image.shape)
+        counts = overlap_counts(pred, bits, n)
+        acc = per_patient.setdefault(s.patient_id, np.full((n, 3), -1, np.int64))
+        for c in range(n):
+            if counts[c, 0] >= 0:
+                acc[c] = np.maximum(acc[c], 0) + counts[c]
+        pooled.setdefault(s.source, np.zeros((n, 3), np.int64))
+        pooled[s.source] += np.maximum(counts, 0)
+        single = (bits & (bits - 1)) == 0
+        truth = np.log2(bits[single]).astype(np.int64)
+        cm += confusion_matrix(truth, pred[single], n)
+
+    patients = {}
+    for pid, acc in sorted(per_patient.items()):
+        patients[pid] = {}
+        for c in range(1, n):
+            if acc[c, 0] >= 0:
+                d, i = dice_iou_from_counts(*acc[c])
+                patients[pid][SEGMENTATION_CLASSES[c]] = {"dice": d, "iou": i}
+
+    def mean_over(pids: Sequence[str]) -> dict:
+        out = {}
+        for c in FOREGROUND_NAMES:
+            vals = [patients[p][c] for p in pids if c in patients[p] and not np.isnan(patients[p][c]["dice"])]
+            if vals:
+                out[c] = {"dice": float(np.mean([v["dice"] for v in vals])),
+                          "dice_sd": float(np.std([v["dice"] for v in vals])),
+                          "iou": float(np.mean([v["iou"] for v in vals])), "patients": len(vals)}
+        return out
+
+    sources = sorted({s.source for s in samples})
+    metrics = {
+        "slices": len(samples), "patients": len(patients),
+        "mean_over_patients": mean_over(list(patients)),
+        "per_source": {src: mean_over([p for p in patients if p.startswith(src + ":")]) for src in sources},
+        "pooled_dice_per_source": {
+            src: {SEGMENTATION_CLASSES[c]: dice_iou_from_counts(*pooled[src][c])[0] for c in range(1, n)}
+            for src in sources},
+        "per_patient": patients,
+        "pixel_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+        "pixel_accuracy_note": "on exactly labelled pixels, background included: dominated by background",
+        "confusion_matrix": cm.tolist(), "confusion_labels": list(SEGMENTATION_CLASSES),
+    }
+    # LLA hook: phantom mid slices carry an exact reference angle
+    cases = [LLACase(s.patient_id, s.image, p, s.spacing_mm, s.lla_deg, s.extra.get("level_labels"))
+             for s, p in zip(samples, predictions) if s.lla_deg is not None]
+    metrics["lla"] = evaluate_lla(cases)
+    return (metrics, predictions) if return_predictions else metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Classification
+# --------------------------------------------------------------------------------------------
+def evaluate_classifier(model_weights, samples: Sequence[ds.Sample], input_size: int = CLASSIFIER_INPUT,
+                        baseline: str | None = None, dense: int = 128) -> dict:
+    """Accuracy, macro-F1, precision, recall and confusion matrix against the rule class of each
+    sample's reference LLA."""
+    from pipeline.networks import build_deteclordose
+    from training.train import build_baseline, classifier_input, lordosis_class_index
+
+    def builder():
+        return build_baseline(baseline, input_size) if baseline else build_deteclordose(input_size, dense=dense)
+
+    model = _load_model(model_weights, builder)
+    samples = [s for s in samples if s.lla_deg is not None]
+    x = classifier_input([s.image for s in samples], input_size)
+    prob = model.predict(x, batch_size=32, verbose=0)
+    y_true = [lordosis_class_index(s.lla_deg) for s in samples]
+    y_pred = np.argmax(prob, axis=-1).tolist()
+    metrics = classification_metrics(y_true, y_pred)
+    metrics["cases"] = [{"patient_id": s.patient_id, "reference_lla_deg": s.lla_deg, "truth": t, "pred": p,
+                         "probabilities": [round(float(v), 4) for v in pr]}
+                        for s, t, p, pr in zip(samples, y_true, y_pred, prob)]
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Reports: metrics JSON and plots
+# --------------------------------------------------------------------------------------------
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+    except ImportError:
+        return None
+
+
+def plot_history(history_path: Path, out: Path) -> bool:
+    plt = _pyplot()
+    if plt is None or not Path(history_path).is_file():
+        return False
+    hist = json.loads(Path(history_path).read_text())["history"]
+    keys = sorted({k.removeprefix("val_") for k in hist})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for k, style in ((key, "-o"), ("val_" + key, "-s")):
+            if k in hist:
+                ax.plot(range(1, len(hist[k]) + 1), hist[k], style, label=k, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], out: Path, title: str) -> bool:
+    plt = _pyplot()
+    if plt is None:
+        return False
+    cm = np.asarray(cm, float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 2, 1.2 * len(labels) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    ax.set_title(title + " (rows normalised)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_dice_per_label(metrics: dict, out: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k, name in enumerate(FOREGROUND_NAMES):
+        vals = [p[name]["dice"] for p in metrics["per_patient"].values()
+                if name in p and not np.isnan(p[name]["dice"])]
+        if vals:
+            ax.bar(k, np.mean(vals), color="lightgray", edgecolor="black")
+            ax.plot(k + np.linspace(-0.25, 0.25, len(vals)), vals, "k.", markersize=4)
+    ax.set_xticks(range(len(FOREGROUND_NAMES)), FOREGROUND_NAMES)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice (bar: mean over patients, dots: patients)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray, size: int = 224) -> np.ndarray:
+    grey = (cv2.resize(to_network(image, size)[0, ..., 0], (size, size)) * 255).astype(np.uint8)
+    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    lab = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+    out = rgb.copy()
+    for c, colour in OVERLAY_COLOURS_BGR.items():
+        out[lab == c] = colour
+    out = cv2.addWeighted(rgb, 0.55, out, 0.45, 0)
+    if (lab == ds.UNKNOWN).any():
+        out[(lab == ds.UNKNOWN) & ((np.indices(lab.shape).sum(axis=0) % 8) == 0)] = (128, 128, 128)  # hatch
+    return out
+
+
+def overlay_page(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray], out: Path, count: int = 12) -> None:
+    """Validation slices spread over patients: image | truth | prediction, 2 per row."""
+    if not samples:
+        return
+    picks = np.unique(np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int))
+    tiles = []
+    for i in picks:
+        s, p = samples[i], predictions[i]
+        size = 224
+        grey = cv2.cvtColor((to_network(s.image, size)[0, ..., 0] * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+        row = np.hstack([grey, _overlay(s.image, s.mask, size), _overlay(s.image, p, size)])
+        cv2.putText(row, s.item[-40:], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(row, "truth", (size + 4, size - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        cv2.putText(row, "prediction", (2 * size + 4, size - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        tiles.append(row)
+    if len(tiles) % 2:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack([tiles[k], np.full((tiles[k].shape[0], 6, 3), 255, np.uint8), tiles[k + 1]])
+            for k in range(0, len(tiles), 2)]
+    cv2.imwrite(str(out), np.vstack(rows))
+
+
+def _no_nan(obj):
+    """NaN (a class neither present nor predicted) -> null, so metrics.json stays strict JSON."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
+def write_segmentation_report(metrics: dict, samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray],
+                              out_dir: Path, history_path: Path | None = None) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = [s for s in samples if s.mask is not None]
+    plots = {
+        "training_curves.png": history_path is not None and plot_history(history_path, out_dir / "training_curves.png"),
+        "dice_per_label.png": plot_dice_per_label(metrics, out_dir / "dice_per_label.png"),
+        "confusion_segmentation.png": plot_confusion(metrics["confusion_matrix"], SEGMENTATION_CLASSES,
+                                                     out_dir / "confusion_segmentation.png", "pixels"),
+    }
+    overlay_page(samples, predictions, out_dir / "overlays.png")
+    plots["overlays.png"] = True
+    metrics = {**metrics, "plots": {k: ("written" if v else "skipped (matplotlib not installed)")
+                                    for k, v in plots.items()}}
+    (out_dir / "metrics.json").write_text(json.dumps(_no_nan(metrics), indent=2) + "\n")
+
+
+def write_classifier_report(metrics: dict, out_dir: Path, history_path: Path | None = None) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "training_curves.png": history_path is not None and plot_history(history_path, out_dir / "training_curves.png"),
+        "confusion_classifier.png": plot_confusion(metrics["confusion_matrix"], LORDOSIS_CLASSES,
+                                                   out_dir / "confusion_classifier.png", "lordosis class"),
+    }
+    metrics = {**metrics, "plots": {k: ("written" if v else "skipped (matplotlib not installed)")
+                                    for k, v in plots.items()}}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lumbarnode evaluate",
+                                description="Evaluate a training run's weights on its validation split.")
+    p.add_argument("run", help="a training output folder (config.json, split.json)")
+    p.add_argument("--weights", default=None, help="default: the run's float16 copy (the shipped weights)")
+    p.add_argument("--out", default=None, help="default: <run>/eval")
+    p.add_argument("--split", choices=("validation", "train"), default="validation")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    kwargs = config["data"].get("kwargs")
+    if kwargs is None:
+        raise SystemExit("this run's samples were given in code; it cannot be rebuilt from config.json")
+    weights = Path(args.weights) if args.weights else run / config["result"]["weights_f16"]
+    out = Path(args.out) if args.out else run / "eval"
+    ids = set(split[args.split])
+    if config["task"] == "segmentation":
+        samples = [s for s in ds.segmentation_samples(**kwargs) if s.patient_id in ids]
+        metrics, predictions = evaluate_segmentation(weights, samples, config["input_size"], return_predictions=True)
+        write_segmentation_report(metrics, samples, predictions, out, run / "history.json")
+        for cls, m in metrics["mean_over_patients"].items():
+            print(f"{cls:9s} Dice {m['dice']:.3f}  IoU {m['iou']:.3f}  ({m['patients']} patients)")
+        print(f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    else:
+        samples = [s for s in ds.classifier_samples(**kwargs) if s.patient_id in ids]
+        baseline = config["model"] if config["model"] != "deteclordose" else None
+        metrics = evaluate_classifier(weights, samples, config["input_size"], baseline, config.get("dense", 128))
+        write_classifier_report(metrics, out, run / "history.json")
+        print(f"accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}  "
+              f"macro precision {metrics['macro_precision']:.3f}  macro recall {metrics['macro_recall']:.3f}")
+    print(f"metrics and plots: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
