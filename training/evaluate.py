@@ -193,11 +193,16 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
         truth = np.log2(bits[single]).astype(np.int64)
         cm += confusion_matrix(truth, pred[single], n)
 
+    # A class is scored only for sources that label it somewhere: the per-level volumes' certain
+    # background strip decides "not disc" too, but a Dice with no disc truth would only count
+    # false positives there, and say nothing about discs.
+    labelled = {src: {int(v) for s in samples if s.source == src for v in np.unique(s.mask) if 0 < v < n}
+                for src in {s.source for s in samples}}
     patients = {}
     for pid, acc in sorted(per_patient.items()):
         patients[pid] = {}
         for c in range(1, n):
-            if acc[c, 0] >= 0:
+            if acc[c, 0] >= 0 and c in labelled[pid.split(":", 1)[0]]:
                 d, i = dice_iou_from_counts(*acc[c])
                 patients[pid][SEGMENTATION_CLASSES[c]] = {"dice": d, "iou": i}
 
@@ -217,7 +222,7 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
         "mean_over_patients": mean_over(list(patients)),
         "per_source": {src: mean_over([p for p in patients if p.startswith(src + ":")]) for src in sources},
         "pooled_dice_per_source": {
-            src: {SEGMENTATION_CLASSES[c]: dice_iou_from_counts(*pooled[src][c])[0] for c in range(1, n)}
+            src: {SEGMENTATION_CLASSES[c]: dice_iou_from_counts(*pooled[src][c])[0] for c in sorted(labelled[src])}
             for src in sources},
         "per_patient": patients,
         "pixel_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
