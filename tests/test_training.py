@@ -285,7 +285,14 @@ def test_tiny_segmentation_run_lowers_the_loss_and_writes_its_files(tmp_path):
     for name in ("unet.weights.h5", "unet.f16.weights.h5", "weights.sha256", "history.json", "split.json",
                  "config.json", "eval/metrics.json", "eval/overlays.png"):
         assert (tmp_path / name).is_file(), name
-    assert result.weights_f16.stat().st_size < 0.6 * result.weights.stat().st_size
+    import h5py
+
+    with h5py.File(result.weights_f16) as f16, h5py.File(result.weights) as f32:
+        dtypes16, dtypes32 = [], []
+        f16.visititems(lambda n, o: dtypes16.append(o.dtype) if hasattr(o, "dtype") else None)
+        f32.visititems(lambda n, o: dtypes32.append(o.dtype) if hasattr(o, "dtype") else None)
+    assert set(dtypes16) == {np.dtype("float16")} and set(dtypes32) == {np.dtype("float32")}
+    assert len(dtypes16) == len(dtypes32) == 2 * 23  # kernel + bias of 23 layers: no optimizer state
     split = json.loads((tmp_path / "split.json").read_text())
     assert len(split["validation"]) == 2 and not set(split["train"]) & set(split["validation"])
     config = json.loads((tmp_path / "config.json").read_text())

@@ -171,8 +171,10 @@ def _finish(out_dir: Path, name: str, model, builder, fit_history, budget, early
     weights = out_dir / f"{name}.weights.h5"
     if weights.is_file():
         model.load_weights(weights)  # the checkpoint holds the best validation loss
-    else:
-        model.save_weights(weights)
+    # re-saved from an uncompiled copy: a compiled model's file also carries the Adam state (3x size)
+    clean = builder()
+    clean.set_weights(model.get_weights())
+    clean.save_weights(weights)
     f16 = out_dir / f"{name}.f16.weights.h5"
     save_float16_copy(builder, model, f16)
     (out_dir / "weights.sha256").write_text(
