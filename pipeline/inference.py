@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.preprocess import CLASSIFIER_INPUT, SEGMENTATION_INPUT, from_network, normalise, to_network
+from pipeline.preprocess import SEGMENTATION_INPUT, classifier_input, from_network, to_network
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,6 @@ class Segmenter:
         if out.shape[-1] == 1:  # the binary variant: background vs vertebra
             out = np.concatenate([1 - out, out], axis=-1)
         return from_network(out, slices.shape[1:])
-
-
-def classifier_input(image: np.ndarray, size: int = CLASSIFIER_INPUT) -> np.ndarray:
-    """One slice as Deteclordose sees it: normalised, resized, on the 0..255 scale the model rescales."""
-    return to_network(normalise(image), size) * 255.0
 
 
 class LordosisClassifier:

@@ -36,6 +36,14 @@ def to_network(slices: np.ndarray, size: int = SEGMENTATION_INPUT) -> np.ndarray
     return out
 
 
+def classifier_input(images, size: int = CLASSIFIER_INPUT) -> np.ndarray:
+    """One slice, or slices of any sizes, as Deteclordose sees them: (n, size, size, 1) on the
+    0..255 scale its first layer divides by 255."""
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        images = [images]
+    return np.concatenate([to_network(image, size) for image in images]) * np.float32(255.0)
+
+
 def labels_to_network(labels: np.ndarray, size: int = SEGMENTATION_INPUT) -> np.ndarray:
     """(n, rows, cols) integer labels -> (n, size, size) uint8, nearest neighbour."""
     labels = np.asarray(labels)

@@ -244,7 +244,8 @@ def evaluate_classifier(model_weights, samples: Sequence[ds.Sample], input_size:
     """Accuracy, macro-F1, precision, recall and confusion matrix against the rule class of each
     sample's reference LLA."""
     from pipeline.networks import build_deteclordose
-    from training.train import build_baseline, classifier_input, lordosis_class_index
+    from pipeline.preprocess import classifier_input
+    from training.train import build_baseline, lordosis_class_index
 
     def builder():
         return build_baseline(baseline, input_size) if baseline else build_deteclordose(input_size, dense=dense)

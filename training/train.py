@@ -49,7 +49,9 @@ import numpy as np
 
 from pipeline.inference import sha256_of as sha256_file
 from pipeline.networks import LORDOSIS_CLASSES, SEGMENTATION_CLASSES
-from pipeline.preprocess import CLASSIFIER_INPUT, SEGMENTATION_INPUT, labels_to_network, to_network
+from pipeline.preprocess import (
+    CLASSIFIER_INPUT, SEGMENTATION_INPUT, classifier_input, labels_to_network, to_network,
+)
 from training import datasets as ds
 from training.augment import augment_classification, augment_segmentation
 
@@ -299,6 +301,29 @@ def _evenly(items: Sequence, n: int | None) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
+def _start_run(out_dir: str | Path, seed: int, deterministic: bool) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed, deterministic)
+    return out_dir
+
+
+def _split_by_patient(samples: Sequence[ds.Sample], val_fraction: float, seed: int):
+    """(split, train samples, validation samples); both sides must hold someone."""
+    split = ds.split_patients([s.patient_id for s in samples], val_fraction, seed)
+    train, val = ds.apply_split(samples, split)
+    if not train or not val:
+        raise ValueError(f"need training and validation patients (got {len(train)} / {len(val)} slices)")
+    return split, train, val
+
+
+def _result(weights: Path, f16: Path, history: dict) -> dict:
+    """What a run produced, for config.json: files, hashes, sizes, time."""
+    return {"weights": weights.name, "weights_f16": f16.name, "sha256": sha256_file(weights),
+            "sha256_f16": sha256_file(f16), "bytes": weights.stat().st_size,
+            "bytes_f16": f16.stat().st_size, "train_seconds": history["seconds"]}
+
+
 def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None = None,
                        data: dict | None = None, input_size: int = SEGMENTATION_INPUT, epochs: int = 12,
                        steps_per_epoch: int = 10, batch_size: int = 16, learning_rate: float = 1e-3,
@@ -316,10 +341,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
 
     from pipeline.networks import build_unet
 
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed, deterministic)
+    started, out_dir = time.monotonic(), _start_run(out_dir, seed, deterministic)
     data = dict(data or {})
     if samples is None:
         print("loading segmentation data ...", flush=True)
@@ -328,10 +350,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
     else:
         data_desc = {"kind": "segmentation", "kwargs": None, "note": "samples given in code"}
     samples = [s for s in samples if s.mask is not None]
-    split = ds.split_patients([s.patient_id for s in samples], val_fraction, seed)
-    train, val = ds.apply_split(samples, split)
-    if not train or not val:
-        raise ValueError(f"need training and validation patients (got {len(train)} / {len(val)} slices)")
+    split, train, val = _split_by_patient(samples, val_fraction, seed)
     _write_json(out_dir / "split.json", {**split, "seed": seed, "val_fraction": val_fraction,
                                          "train_counts": _split_counts(train), "validation_counts": _split_counts(val)})
     config = {"task": "segmentation", "arguments": cli_args or {}, "seed": seed, "input_size": input_size,
@@ -385,9 +404,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
                     epochs=epochs, callbacks=callbacks, verbose=verbose)
     fit.history.update(warmup_history)
     weights, f16, history = _finish(out_dir, "unet", model, builder, fit, budget, epochs, started)
-    config["result"] = {"weights": weights.name, "weights_f16": f16.name, "sha256": sha256_file(weights),
-                        "sha256_f16": sha256_file(f16), "bytes": weights.stat().st_size,
-                        "bytes_f16": f16.stat().st_size, "train_seconds": history["seconds"]}
+    config["result"] = _result(weights, f16, history)
     _write_json(out_dir / "config.json", config)
     metrics = None
     if evaluate:
@@ -410,12 +427,6 @@ def _print_segmentation_summary(metrics: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # Classification
 # --------------------------------------------------------------------------------------------
-def classifier_input(images: Sequence[np.ndarray] | np.ndarray, size: int = CLASSIFIER_INPUT) -> np.ndarray:
-    """Slices -> (n, size, size, 1) float32 on the 0..255 scale Deteclordose expects (it divides
-    by 255 itself): the shared per-slice normalisation, times 255."""
-    return np.concatenate([to_network(im, size) for im in images]) * np.float32(255.0)
-
-
 def build_baseline(name: str, input_size: int = CLASSIFIER_INPUT, weights: str | None = None,
                    freeze_base: bool = False):
     """VGG16 / VGG19 / DenseNet121 from keras.applications with the Deteclordose head (dense 128,
@@ -492,10 +503,7 @@ def train_classifier(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None
 
     from pipeline.networks import build_deteclordose
 
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed, deterministic)
+    started, out_dir = time.monotonic(), _start_run(out_dir, seed, deterministic)
     data = dict(data or {})
     if samples is None:
         print("making / loading synthetic phantom mid slices ...", flush=True)
@@ -504,10 +512,7 @@ def train_classifier(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None
     else:
         data_desc = {"kind": "classifier", "kwargs": None, "note": "samples given in code"}
     samples = [s for s in samples if s.lla_deg is not None]
-    split = ds.split_patients([s.patient_id for s in samples], val_fraction, seed)
-    train, val = ds.apply_split(samples, split)
-    if not train or not val:
-        raise ValueError(f"need training and validation patients (got {len(train)} / {len(val)})")
+    split, train, val = _split_by_patient(samples, val_fraction, seed)
     y = np.array([lordosis_class_index(s.lla_deg) for s in train])
     yv = np.array([lordosis_class_index(s.lla_deg) for s in val])
     counts = np.bincount(y, minlength=len(LORDOSIS_CLASSES))
@@ -549,9 +554,7 @@ def train_classifier(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None
                     validation_data=(xv, np.eye(len(LORDOSIS_CLASSES), dtype=np.float32)[yv]),
                     validation_batch_size=batch_size, epochs=epochs, callbacks=callbacks, verbose=verbose)
     weights, f16, history = _finish(out_dir, name, model, builder, fit, budget, epochs, started)
-    config["result"] = {"weights": weights.name, "weights_f16": f16.name, "sha256": sha256_file(weights),
-                        "sha256_f16": sha256_file(f16), "bytes": weights.stat().st_size,
-                        "bytes_f16": f16.stat().st_size, "train_seconds": history["seconds"]}
+    config["result"] = _result(weights, f16, history)
     _write_json(out_dir / "config.json", config)
     metrics = None
     if evaluate:

@@ -118,13 +118,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                            tuple(args.pixel_spacing) if args.pixel_spacing else None)
     code = analyze.exit_code(result)
     if analysis is not None and code != analyze.EXIT_REFUSED:
-        if args.mask_out:
-            import cv2
+        import cv2
 
+        if args.mask_out:
             cv2.imwrite(args.mask_out, analyze.mask_on_source(analysis, slices))
         if args.overlay_out:
-            import cv2
-
             cv2.imwrite(args.overlay_out, analyze.overlay(analysis, slices))
     if args.json:
         print(json.dumps(result, indent=2))
