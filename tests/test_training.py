@@ -274,12 +274,25 @@ def _toy_spines(n: int, size: int = 64, seed: int = 0) -> list[ds.Sample]:
     return samples
 
 
-def test_tiny_segmentation_run_lowers_the_loss_and_writes_its_files(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_segmentation_run(tmp_path_factory):
     from training.train import train_segmentation
 
-    result = train_segmentation(tmp_path, samples=_toy_spines(10), input_size=64, epochs=3, steps_per_epoch=6,
-                                batch_size=4, val_monitor_max=None, augment=False, max_minutes=None, warmup_size=None,
-                                deterministic=False, verbose=0, patience=5)
+    return train_segmentation(tmp_path_factory.mktemp("unet"), samples=_toy_spines(10), input_size=64, epochs=3,
+                              steps_per_epoch=6, batch_size=4, val_monitor_max=None, augment=False, max_minutes=None,
+                              warmup_size=None, deterministic=False, verbose=0, patience=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_run(tmp_path_factory):
+    from training.train import train_classifier
+
+    return train_classifier(tmp_path_factory.mktemp("deteclordose"), samples=_toy_spines(10), input_size=64,
+                            epochs=2, batch_size=4, dense=8, max_minutes=None, deterministic=False, verbose=0)
+
+
+def test_tiny_segmentation_run_lowers_the_loss_and_writes_its_files(tiny_segmentation_run):
+    result, tmp_path = tiny_segmentation_run, tiny_segmentation_run.out_dir
     loss = result.history["history"]["loss"]
     assert loss[-1] < loss[0]
     for name in ("unet.weights.h5", "unet.f16.weights.h5", "weights.sha256", "history.json", "split.json",
@@ -299,16 +312,33 @@ def test_tiny_segmentation_run_lowers_the_loss_and_writes_its_files(tmp_path):
     assert config["seed"] == 0 and "tensorflow" in config["versions"] and config["result"]["sha256"]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics["mean_over_patients"]) <= {"vertebra", "disc", "canal"}
-    assert "not evaluated" in metrics["lla"]["status"]  # the LLA hook is there, unplugged
+    assert metrics["identification"]["slices"] == 0  # toy spines carry no per-level labels
+    assert metrics["l1_l5_angle_real"]["n"] == 0 and "lla_synthetic" not in metrics
 
 
-def test_tiny_classifier_run_writes_its_files(tmp_path):
-    from training.train import train_classifier
-
-    result = train_classifier(tmp_path, samples=_toy_spines(10), input_size=64, epochs=2, batch_size=4, dense=8,
-                              max_minutes=None, deterministic=False, verbose=0)
+def test_tiny_classifier_run_writes_its_files(tiny_classifier_run):
+    result, tmp_path = tiny_classifier_run, tiny_classifier_run.out_dir
     for name in ("deteclordose.weights.h5", "deteclordose.f16.weights.h5", "history.json", "split.json",
                  "config.json", "eval/metrics.json"):
         assert (tmp_path / name).is_file(), name
     assert len(result.history["history"]["loss"]) == 2
     assert set(result.metrics) >= {"accuracy", "macro_f1", "macro_precision", "macro_recall", "confusion_matrix"}
+
+
+def test_package_ships_both_runs_with_descriptions_and_a_model_card(tiny_segmentation_run, tiny_classifier_run,
+                                                                    tmp_path):
+    from pipeline.inference import ModelInfo, sha256_of
+    from training.package import main as package
+
+    assert package([str(tiny_segmentation_run.out_dir), str(tiny_classifier_run.out_dir), "--out", str(tmp_path),
+                    "--version", "9.9.9", "--date", "2026-11-25"]) == 0
+    for name, run, classes in (("unet_4class", tiny_segmentation_run, 4), ("deteclordose", tiny_classifier_run, 3)):
+        weights = tmp_path / f"{name}.weights.h5"
+        assert weights.read_bytes() == run.weights_f16.read_bytes()  # the float16 copy, unchanged
+        info = ModelInfo.read(weights)  # what the worker reads
+        assert (info.name, info.version, info.input_size, len(info.classes)) == (name, "9.9.9", 64, classes)
+        assert info.sha256 == sha256_of(weights)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "Not for clinical use without local validation" in card
+    assert ModelInfo.read(tmp_path / "unet_4class.weights.h5").sha256 in card
+    assert "synthetic only" in card and "2026-11-25" in card

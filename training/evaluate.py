@@ -1,6 +1,7 @@
 """Evaluation of trained weights: Dice and IoU per class and per patient (pixel accuracy only
-beside them), confusion matrices, classifier metrics, plots, and the hook where the LLA /
-Bland-Altman evaluation plugs in.
+beside them), confusion matrices, classifier metrics, plots, and (training.measurement) vertebra
+identification, the L1-L5 angle on real volumes and the LLA on synthetic series with
+Bland-Altman plots.
 
     python -m training evaluate /tmp/train_runs/unet            # rebuilds its validation split
     python -m training evaluate /tmp/train_runs/deteclordose --weights other.weights.h5
@@ -16,8 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -96,53 +96,6 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
 
 
 # --------------------------------------------------------------------------------------------
-# Hook: LLA / Bland-Altman evaluation (plugged in by the pipeline code that measures angles)
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LLACase:
-    patient_id: str
-    image: np.ndarray                       # (rows, cols) slice, canonical layout
-    predicted_labels: np.ndarray            # (rows, cols) 0..3 from the U-Net, on the slice's grid
-    spacing_mm: tuple[float, float] | None  # (row, col)
-    reference_lla_deg: float                # exact (phantom) reference
-    reference_level_labels: np.ndarray | None = None  # the source's per-level labels, if any
-
-
-LLAMeasurer = Callable[[LLACase], float | None]
-_LLA_MEASURER: LLAMeasurer | None = None
-
-
-def register_lla_measurer(measurer: LLAMeasurer | None) -> None:
-    """HOOK: the pipeline registers its angle measurement here (a case -> measured LLA in degrees,
-    or None when it cannot measure). Nothing in training/ measures angles itself."""
-    global _LLA_MEASURER
-    _LLA_MEASURER = measurer
-
-
-def bland_altman(reference: Sequence[float], measured: Sequence[float]) -> dict:
-    """Mean difference (measured - reference), 95 % limits of agreement, MAE."""
-    ref, mea = np.asarray(reference, float), np.asarray(measured, float)
-    diff = mea - ref
-    sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
-    return {"n": int(len(diff)), "mae_deg": float(np.abs(diff).mean()), "bias_deg": float(diff.mean()),
-            "sd_deg": sd, "loa_low_deg": float(diff.mean() - 1.96 * sd), "loa_high_deg": float(diff.mean() + 1.96 * sd)}
-
-
-def evaluate_lla(cases: Sequence[LLACase]) -> dict:
-    """LLA agreement on the cases with a reference angle, through the registered measurer."""
-    if _LLA_MEASURER is None:
-        return {"status": "not evaluated: no LLA measurer registered (evaluate.register_lla_measurer)",
-                "cases_available": len(cases)}
-    pairs = [(c.reference_lla_deg, _LLA_MEASURER(c)) for c in cases]
-    ok = [(r, m) for r, m in pairs if m is not None]
-    result = {"status": "ok", "cases": len(cases), "measured": len(ok)}
-    if ok:
-        result |= bland_altman([r for r, _ in ok], [m for _, m in ok])
-        result["pairs"] = [{"reference_deg": r, "measured_deg": m} for r, m in ok]
-    return result
-
-
-# --------------------------------------------------------------------------------------------
 # Segmentation
 # --------------------------------------------------------------------------------------------
 def _load_model(model_weights, builder):
@@ -153,29 +106,37 @@ def _load_model(model_weights, builder):
     return model
 
 
-def predict_segmentation(model, samples: Sequence[ds.Sample], input_size: int = SEGMENTATION_INPUT,
+def predict_segmentation(model, images: Sequence[np.ndarray], input_size: int = SEGMENTATION_INPUT,
                          batch_size: int = 8) -> list[np.ndarray]:
     """Label maps (argmax) on each slice's own grid, through the shared preprocessing contract."""
     out = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        x = np.concatenate([to_network(s.image, input_size) for s in chunk])
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        x = np.concatenate([to_network(image, input_size) for image in chunk])
         prob = model.predict(x, verbose=0)
-        for s, p in zip(chunk, prob):
-            out.append(np.argmax(from_network(p[None], s.image.shape)[0], axis=-1).astype(np.uint8))
+        for image, p in zip(chunk, prob):
+            out.append(np.argmax(from_network(p[None], image.shape)[0], axis=-1).astype(np.uint8))
     return out
 
 
-def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_size: int = SEGMENTATION_INPUT,
-                          batch_size: int = 8, return_predictions: bool = False):
-    """Dice / IoU per class (vertebra, disc, canal) per patient and their means (overall and per
-    source), pooled Dice, pixel accuracy and a confusion matrix on exactly labelled pixels.
-    `model_weights`: a .weights.h5 path or a built model. Returns the dict (and predictions)."""
+def load_unet(model_weights, input_size: int = SEGMENTATION_INPUT):
     from pipeline.networks import build_unet
 
-    model = _load_model(model_weights, lambda: build_unet(len(SEGMENTATION_CLASSES), input_size))
+    return _load_model(model_weights, lambda: build_unet(len(SEGMENTATION_CLASSES), input_size))
+
+
+def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_size: int = SEGMENTATION_INPUT,
+                          batch_size: int = 8, return_predictions: bool = False, synthetic_series: int = 0):
+    """Dice / IoU per class (vertebra, disc, canal) per patient and their means (overall and per
+    source), pooled Dice, pixel accuracy and a confusion matrix on exactly labelled pixels.
+    Then identification and the L1-L5 angle on the slices with per-level labels, and the LLA on
+    `synthetic_series` fresh phantom series (training.measurement).
+    `model_weights`: a .weights.h5 path or a built model. Returns the dict (and predictions)."""
+    from training import measurement
+
+    model = load_unet(model_weights, input_size)
     samples = [s for s in samples if s.mask is not None]
-    predictions = predict_segmentation(model, samples, input_size, batch_size)
+    predictions = predict_segmentation(model, [s.image for s in samples], input_size, batch_size)
     n = len(SEGMENTATION_CLASSES)
     per_patient: dict[str, np.ndarray] = {}
     pooled = {}
@@ -229,11 +190,27 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
         "pixel_accuracy_note": "on exactly labelled pixels, background included: dominated by background",
         "confusion_matrix": cm.tolist(), "confusion_labels": list(SEGMENTATION_CLASSES),
     }
-    # LLA hook: phantom mid slices carry an exact reference angle
-    cases = [LLACase(s.patient_id, s.image, p, s.spacing_mm, s.lla_deg, s.extra.get("level_labels"))
-             for s, p in zip(samples, predictions) if s.lla_deg is not None]
-    metrics["lla"] = evaluate_lla(cases)
+    metrics["identification"] = measurement.identification(samples, predictions)
+    metrics["l1_l5_angle_real"] = measurement.l1_l5_angle(samples, predictions)
+    if synthetic_series:
+        print(f"measuring the LLA on {synthetic_series} fresh synthetic series ...", flush=True)
+        metrics["lla_synthetic"] = measurement.synthetic_lla(
+            lambda images: predict_segmentation(model, images, input_size, batch_size), synthetic_series)
     return (metrics, predictions) if return_predictions else metrics
+
+
+def print_segmentation_summary(metrics: dict) -> None:
+    for cls, m in metrics["mean_over_patients"].items():
+        print(f"  {cls:9s} Dice {m['dice']:.3f}  IoU {m['iou']:.3f}  (n={m['patients']} patients)", flush=True)
+    print(f"  pixel accuracy {metrics['pixel_accuracy']:.4f} (beside the above, background-dominated)", flush=True)
+    ident = metrics["identification"]
+    if ident["slices"]:
+        print(f"  L1..L5 identified on {ident['correct']}/{ident['slices']} slices ({ident['accuracy']:.1%})")
+    for key, name in (("l1_l5_angle_real", "L1-L5 angle, real"), ("lla_synthetic", "LLA, synthetic series")):
+        m = metrics.get(key)
+        if m and m.get("n"):
+            print(f"  {name}: median |error| {m['median_abs_error_deg']:.2f} deg, MAE {m['mae_deg']:.2f}, "
+                  f"bias {m['bias_deg']:+.2f}, n={m['n']}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,9 +377,15 @@ def write_segmentation_report(metrics: dict, samples: Sequence[ds.Sample], predi
         "confusion_segmentation.png": plot_confusion(metrics["confusion_matrix"], SEGMENTATION_CLASSES,
                                                      out_dir / "confusion_segmentation.png", "pixels"),
     }
+    from training.measurement import plot_bland_altman
+
+    for key, name, title in (("l1_l5_angle_real", "bland_altman_l1_l5_real.png", "L1-L5 angle, real validation"),
+                             ("lla_synthetic", "bland_altman_lla_synthetic.png", "L1-S1 LLA, synthetic series")):
+        if key in metrics:
+            plots[name] = plot_bland_altman(metrics[key], out_dir / name, title)
     overlay_page(samples, predictions, out_dir / "overlays.png")
     plots["overlays.png"] = True
-    metrics = {**metrics, "plots": {k: ("written" if v else "skipped (matplotlib not installed)")
+    metrics = {**metrics, "plots": {k: ("written" if v else "skipped (no matplotlib, or fewer than 2 cases)")
                                     for k, v in plots.items()}}
     (out_dir / "metrics.json").write_text(json.dumps(_no_nan(metrics), indent=2) + "\n")
 
@@ -430,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="default: the run's float16 copy (the shipped weights)")
     p.add_argument("--out", default=None, help="default: <run>/eval")
     p.add_argument("--split", choices=("validation", "train"), default="validation")
+    p.add_argument("--synthetic-series", type=int, default=40,
+                   help="segmentation: fresh synthetic series for the LLA agreement (0 = none)")
     args = p.parse_args(argv)
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
@@ -442,11 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ids = set(split[args.split])
     if config["task"] == "segmentation":
         samples = [s for s in ds.segmentation_samples(**kwargs) if s.patient_id in ids]
-        metrics, predictions = evaluate_segmentation(weights, samples, config["input_size"], return_predictions=True)
+        metrics, predictions = evaluate_segmentation(weights, samples, config["input_size"], return_predictions=True,
+                                                     synthetic_series=args.synthetic_series)
         write_segmentation_report(metrics, samples, predictions, out, run / "history.json")
-        for cls, m in metrics["mean_over_patients"].items():
-            print(f"{cls:9s} Dice {m['dice']:.3f}  IoU {m['iou']:.3f}  ({m['patients']} patients)")
-        print(f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
+        print_segmentation_summary(metrics)
     else:
         samples = [s for s in ds.classifier_samples(**kwargs) if s.patient_id in ids]
         baseline = config["model"] if config["model"] != "deteclordose" else None

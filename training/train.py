@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.classify import classify_lla
 from pipeline.inference import sha256_of as sha256_file
 from pipeline.networks import LORDOSIS_CLASSES, SEGMENTATION_CLASSES
 from pipeline.preprocess import (
@@ -136,7 +137,10 @@ def _split_counts(samples: Sequence[ds.Sample]) -> dict:
             for src, n in sorted(Counter(s.source for s in samples).items())}
 
 
-def _callbacks(checkpoint: Path, patience: int, max_minutes: float | None, epochs: int, verbose: int):
+def _callbacks(checkpoint: Path, patience: int, max_minutes: float | None, epochs: int, verbose: int,
+               lr_plateau: float | None = None):
+    """Checkpoint of the best validation loss, early stopping, the time budget, and (optionally)
+    halving the learning rate by `lr_plateau` when validation loss stalls for patience // 2 epochs."""
     import keras
 
     class TimeBudget(keras.callbacks.Callback):
@@ -164,7 +168,8 @@ def _callbacks(checkpoint: Path, patience: int, max_minutes: float | None, epoch
                                         save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
         budget,
-    ]
+    ] + ([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=lr_plateau, patience=max(1, patience // 2),
+                                            min_lr=1e-5, verbose=min(verbose, 1))] if lr_plateau else [])
 
 
 def _finish(out_dir: Path, name: str, model, builder, fit_history, budget, early_stop_epochs: int,
@@ -332,8 +337,8 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
                        augment_mode: str = "paper", augment: bool = True, seed: int = 0,
                        max_minutes: float | None = 21.0, init_weights: str | None = None,
                        class_weights: Sequence[float] | None = (1.0, 3.0, 5.0, 5.0), he_init: bool = True,
-                       warmup_size: int | None = 128, warmup_epochs: int = 8,
-                       evaluate: bool = True, deterministic: bool = True, verbose: int = 2,
+                       warmup_size: int | None = 128, warmup_epochs: int = 8, lr_plateau: float | None = 0.5,
+                       synthetic_series: int = 0, evaluate: bool = True, deterministic: bool = True, verbose: int = 2,
                        cli_args: dict | None = None) -> TrainResult:
     """Train the 4-class U-Net. `samples` overrides loading (tests); otherwise `data` holds the
     keyword arguments of datasets.segmentation_samples (recorded, so evaluation can rebuild)."""
@@ -362,6 +367,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
                                "flips": flips},
               "max_minutes": max_minutes, "init_weights": init_weights, "classes": list(SEGMENTATION_CLASSES),
               "class_weights": list(class_weights) if class_weights else None, "he_init": he_init and not init_weights,
+              "lr_plateau_factor": lr_plateau,
               "warmup": {"size": warmup_size, "epochs": warmup_epochs} if warmup_size and warmup_epochs else None,
               "data": data_desc, "versions": versions()}
     _write_json(out_dir / "config.json", config)
@@ -398,7 +404,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
         warmup_history = {f"warmup_{k}": [float(v) for v in vals] for k, vals in warm.history.items()}
         del xw, bw
     left = None if max_minutes is None else max(1.0, max_minutes - (time.monotonic() - started) / 60)
-    budget, callbacks = _callbacks(out_dir / "unet.weights.h5", patience, left, epochs, verbose)
+    budget, callbacks = _callbacks(out_dir / "unet.weights.h5", patience, left, epochs, verbose, lr_plateau)
     print(f"training at {input_size} px: {epochs} epochs x {steps_per_epoch} steps x batch {batch_size}", flush=True)
     fit = model.fit(batches, validation_data=(xv, ds.bits_to_multihot(bv)), validation_batch_size=8,
                     epochs=epochs, callbacks=callbacks, verbose=verbose)
@@ -408,20 +414,15 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
     _write_json(out_dir / "config.json", config)
     metrics = None
     if evaluate:
-        from training.evaluate import evaluate_segmentation, write_segmentation_report
+        from training.evaluate import evaluate_segmentation, print_segmentation_summary, write_segmentation_report
 
         print(f"evaluating {f16.name} on all {len(val)} validation slices ...", flush=True)
-        metrics, predictions = evaluate_segmentation(f16, val, input_size=input_size, return_predictions=True)
+        metrics, predictions = evaluate_segmentation(f16, val, input_size=input_size, return_predictions=True,
+                                                     synthetic_series=synthetic_series)
         write_segmentation_report(metrics, val, predictions, out_dir / "eval", out_dir / "history.json")
-        _print_segmentation_summary(metrics)
+        print_segmentation_summary(metrics)
     print(f"done in {(time.monotonic() - started) / 60:.1f} min: {out_dir}", flush=True)
     return TrainResult(out_dir, weights, f16, history, metrics)
-
-
-def _print_segmentation_summary(metrics: dict) -> None:
-    for cls, m in metrics["mean_over_patients"].items():
-        print(f"  {cls:9s} Dice {m['dice']:.3f}  IoU {m['iou']:.3f}  (n={m['patients']} patients)", flush=True)
-    print(f"  pixel accuracy {metrics['pixel_accuracy']:.4f} (beside the above, background-dominated)", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,9 +456,9 @@ def build_baseline(name: str, input_size: int = CLASSIFIER_INPUT, weights: str |
     return keras.Model(inputs, outputs, name=f"{name}_lordosis")
 
 
-def lordosis_class_index(lla_deg: float, low: float = 39.0, high: float = 53.0) -> int:
-    """The paper's rule (Algorithm 2) as an index into LORDOSIS_CLASSES."""
-    return 0 if lla_deg < low else (1 if lla_deg < high else 2)
+def lordosis_class_index(lla_deg: float) -> int:
+    """The paper's rule (Algorithm 2, pipeline.classify) as an index into LORDOSIS_CLASSES."""
+    return LORDOSIS_CLASSES.index(classify_lla(lla_deg))
 
 
 def _classifier_batches(x, y, batch_size: int, seed: int, augment: bool, class_weights: np.ndarray):
@@ -613,6 +614,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-size", type=int, default=128, help="progressive resizing: first epochs at this "
                                                                 "size (0 = none)")
     s.add_argument("--warmup-epochs", type=int, default=8)
+    s.add_argument("--synthetic-series", type=int, default=40,
+                   help="fresh synthetic series on which the final evaluation measures the LLA (0 = none)")
+    s.add_argument("--lr-plateau", type=float, default=0.5, help="multiply the learning rate by this when "
+                                                                 "validation loss stalls (0 = constant, as the paper)")
 
     c = sub.add_parser("classifier", help="Deteclordose (or --baseline) on synthetic phantom mid slices")
     common(c, epochs=15, batch=32, patience=5, minutes=8.0)
@@ -649,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            flips=not args.no_flips, augment_mode=args.augment_mode, init_weights=args.init_weights,
                            class_weights=args.class_weights, he_init=not args.no_he_init,
                            warmup_size=args.warmup_size or None, warmup_epochs=args.warmup_epochs,
+                           lr_plateau=args.lr_plateau or None, synthetic_series=args.synthetic_series,
                            **common)
     else:
         data = {"count": args.phantoms, "lla_range": list(args.lla_range), "cache_dir": args.cache_dir}

@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train the U-Net or Deteclordose (lumbarnode train -h)", add_help=False)
     sub.add_parser("evaluate", help="evaluate trained networks (lumbarnode evaluate -h)", add_help=False)
+    sub.add_parser("package", help="ship two training runs as models/ with a model card", add_help=False)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("train", "evaluate"):  # training/ owns its own options
+    if argv and argv[0] in ("train", "evaluate", "package"):  # training/ owns its own options
         from training.__main__ import main as training_main
 
         return training_main(argv)

@@ -1,0 +1,82 @@
+"""training/measurement.py: identification, L1-L5 angle and synthetic LLA agreement, scored on
+predictions we control (the reference masks themselves, and broken copies of them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+
+from pipeline.labels import LEVEL_VALUES
+from training import datasets as ds
+from training import measurement
+
+
+@pytest.fixture(scope="module")
+def phantom_slices(tmp_path_factory) -> list[ds.Sample]:
+    return ds.load_phantoms(3, seed=11, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_agreement_figures():
+    result = measurement.agreement([10.0, 20.0, 30.0, 40.0], [11.0, 19.0, 33.0, 40.0])
+    assert result["n"] == 4
+    assert result["bias_deg"] == pytest.approx(0.75)
+    assert result["mae_deg"] == pytest.approx(1.25)
+    assert result["median_abs_error_deg"] == pytest.approx(1.0)
+    assert result["max_abs_error_deg"] == pytest.approx(3.0)
+    sd = np.std([1.0, -1.0, 3.0, 0.0], ddof=1)
+    assert result["loa_high_deg"] == pytest.approx(0.75 + 1.96 * sd)
+    assert measurement.agreement([], []) == {"n": 0}
+
+
+def test_identification_is_right_on_the_reference_and_wrong_without_the_sacrum(phantom_slices):
+    truth = [s.mask for s in phantom_slices]
+    right = measurement.identification(phantom_slices, truth)
+    assert right["slices"] >= 3 and right["accuracy"] == 1.0 and not right["wrong"]
+
+    no_sacrum = []
+    for s in phantom_slices:
+        pred = s.mask.copy()
+        pred[s.extra["level_labels"] == LEVEL_VALUES["S1"]] = ds.BACKGROUND
+        no_sacrum.append(pred)
+    wrong = measurement.identification(phantom_slices, no_sacrum)
+    assert wrong["slices"] == right["slices"] and wrong["correct"] < wrong["slices"]
+    assert wrong["wrong"] and all(e["errors"] for e in wrong["wrong"])
+
+
+def _as_real(s: ds.Sample) -> ds.Sample:
+    return dataclasses.replace(s, source=ds.MYO, patient_id=f"{ds.MYO}:{s.item}", lla_deg=None)
+
+
+def test_l1_l5_angle_against_reference_masks(phantom_slices):
+    real = [_as_real(s) for s in phantom_slices]
+    same = measurement.l1_l5_angle(real, [s.mask for s in real])
+    # identify() opens the masks and keeps what lies in front of the canal: nearly the same outline
+    assert same["n"] >= 3 and same["max_abs_error_deg"] < 0.5
+    assert 5.0 < np.median([c["reference_deg"] for c in same["cases"]]) < 80.0
+
+    empty = measurement.l1_l5_angle(real, [np.zeros_like(s.mask) for s in real])
+    assert empty["n"] == 0 and len(empty["not_measured"]) == same["n"]
+
+    # phantoms are skipped: their angle is checked as L1-S1 on whole series instead
+    assert measurement.l1_l5_angle(phantom_slices, [s.mask for s in phantom_slices])["n"] == 0
+
+
+def test_synthetic_lla_through_the_series_analysis(tmp_path):
+    samples = ds.load_phantoms(3, seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
+    truth = {hashlib.sha1(s.image.tobytes()).hexdigest(): s.mask for s in samples}
+
+    def perfect(images):
+        return [truth[hashlib.sha1(i.tobytes()).hexdigest()] for i in images]
+
+    result = measurement.synthetic_lla(perfect, count=3, seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
+    assert result["series"] == 3 and result["measured"] == 3
+    assert result["median_abs_error_deg"] <= 1.0
+    assert result["measurement_alone_on_reference_masks"]["median_abs_error_deg"] <= 1.0
+
+    blind = measurement.synthetic_lla(lambda images: [np.zeros(i.shape, np.uint8) for i in images], count=3,
+                                      seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
+    assert blind["measured"] == 0 and len(blind["not_measured"]) == 3
+    assert all("l1_not_found" in c["flags"] for c in blind["not_measured"])
