@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: demo test install system-deps services clean
+.PHONY: demo test train install system-deps services clean
 
 demo: install
 	$(BIN)/lumbarnode demo
@@ -17,6 +17,13 @@ demo: install
 test: install system-deps services
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$code
+
+# Re-creates the shipped weights in models/ (about 45 min on 2 CPU cores; needs ../shared/data).
+TRAIN_DIR ?= build/train
+train: install
+	$(BIN)/lumbarnode train segmentation --out $(TRAIN_DIR)/unet
+	$(BIN)/lumbarnode train classifier --out $(TRAIN_DIR)/deteclordose
+	$(BIN)/lumbarnode package $(TRAIN_DIR)/unet $(TRAIN_DIR)/deteclordose --out models
 
 install: $(STAMP)
 

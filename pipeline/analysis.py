@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.classify import Thresholds, classify_lla
-from pipeline.cobb import Endplate, cobb_angle_deg, fit_superior_endplate
+from pipeline.cobb import Endplate, axis_tilt_deg, cobb_angle_deg, fit_superior_endplate
 from pipeline.identify import Identification, identify
 from pipeline.labels import CANAL, DISC, VERTEBRA
 
@@ -67,14 +67,32 @@ class _SliceResult:
         return (has_canal, self.lla_deg is not None, self.canal_area_mm2, len(self.identification.bodies))
 
 
-def measure_slice(class_map: np.ndarray, spacing: tuple[float, float], index: int = 0) -> _SliceResult:
-    found = identify(class_map, spacing)
+def superior_endplates(found: Identification, spacing: tuple[float, float]) -> dict[str, Endplate | None]:
+    """The superior endplate of each identified body, oriented by the disc resting on it.
+
+    The disc directly above a body lies on its superior endplate, so the disc's long axis says
+    roughly how the endplate runs (within the wedge of the disc); without a disc above (L1 at
+    the edge of the field of view) the disc below gives the hint, and without either the fit
+    searches every superior-facing tilt. A body cut by the top of the image has no endplate.
+    """
     endplates = {}
     for level, body in found.bodies.items():
-        # A body cut by the top of the field of view has no superior endplate to measure.
-        cut = bool(body.mask[0].any())
-        endplates[level] = None if cut else fit_superior_endplate(body.mask, spacing)
-        if cut and level in ("L1", "S1"):
+        if body.mask[0].any():
+            endplates[level] = None
+            continue
+        above = [d for d in found.discs if d.row < body.row]
+        below = [d for d in found.discs if d.row > body.row]
+        disc = above[-1] if above else (below[0] if below else None)
+        tilt = None if disc is None else axis_tilt_deg(disc.mask, spacing)
+        endplates[level] = fit_superior_endplate(body.mask, spacing, expected_tilt_deg=tilt)
+    return endplates
+
+
+def measure_slice(class_map: np.ndarray, spacing: tuple[float, float], index: int = 0) -> _SliceResult:
+    found = identify(class_map, spacing)
+    endplates = superior_endplates(found, spacing)
+    for level in ("L1", "S1"):
+        if level in found.bodies and found.bodies[level].mask[0].any():
             found.flags.append(f"{level.lower()}_cut_by_field_of_view")
     lla = None
     if endplates.get("L1") is not None and endplates.get("S1") is not None:

@@ -75,11 +75,26 @@ def boundary_points(mask: np.ndarray, upsample: int = 4) -> np.ndarray:
     return np.stack([(fr + 0.5) / upsample - 0.5 + r0, (fc + 0.5) / upsample - 0.5 + c0], axis=-1)
 
 
+def axis_tilt_deg(mask: np.ndarray, spacing: tuple[float, float]) -> float | None:
+    """Tilt of a flat structure's long axis (an intervertebral disc), in the tilt convention of
+    fit_superior_endplate: the angle of its superior-facing normal from superior, positive toward
+    anterior. Principal axis of the pixel positions in mm; None for fewer than 10 pixels."""
+    rows, cols = np.nonzero(mask)
+    if len(rows) < 10:
+        return None
+    points = to_mm(rows, cols, spacing)
+    _, _, vt = np.linalg.svd(points - points.mean(axis=0), full_matrices=False)
+    dx, dy = vt[0] if vt[0][0] >= 0 else -vt[0]  # long axis, anterior -> posterior
+    return float(np.degrees(np.arctan2(dy, dx)))
+
+
 def fit_superior_endplate(
     mask: np.ndarray,
     spacing: tuple[float, float],
     *,
     max_tilt_deg: float = 75.0,
+    expected_tilt_deg: float | None = None,
+    tolerance_deg: float = 25.0,
     band_mm: float | None = None,
 ) -> Endplate | None:
     """The superior endplate of one vertebra, fitted from its mask.
@@ -90,6 +105,10 @@ def fit_superior_endplate(
     within a thin band wins; a total-least-squares line through those points is the result.
     Rounded corners, a concave endplate and a tilted body do not disturb it, and nothing
     depends on the pixel grid. Returns None for masks too small to carry a line.
+
+    expected_tilt_deg (e.g. axis_tilt_deg of the disc resting on the endplate) limits the
+    candidates to +/- tolerance_deg around it: the sacrum's long anterior surface is straighter
+    and longer than the S1 endplate, and, steeply tilted, would otherwise win.
     """
     points_px = boundary_points(mask)
     if len(points_px) < 32:
@@ -103,7 +122,10 @@ def fit_superior_endplate(
         heights = points @ normals.T  # (points, tilts)
         return (heights >= heights.max(axis=0) - band).sum(axis=0)
 
-    coarse = np.arange(-max_tilt_deg, max_tilt_deg + 1e-9, 1.0)
+    low, high = -max_tilt_deg, max_tilt_deg
+    if expected_tilt_deg is not None:
+        low, high = expected_tilt_deg - tolerance_deg, expected_tilt_deg + tolerance_deg
+    coarse = np.arange(low, high + 1e-9, 1.0)
     best = coarse[int(np.argmax(support(coarse)))]
     fine = np.arange(best - 1.0, best + 1.0 + 1e-9, 0.05)
     counts = support(fine)

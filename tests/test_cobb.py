@@ -102,3 +102,26 @@ def test_thresholds_are_configurable_and_checked():
     assert classify_lla(45, Thresholds(30, 45)) == "hyperlordosis"
     with pytest.raises(ValueError):
         Thresholds(53, 39)
+
+
+@pytest.mark.parametrize("spacing", [(0.9, 0.9), (0.6, 0.9)])
+@pytest.mark.parametrize("tilt", [-20.0, 0.0, 35.0])
+def test_disc_axis_tilt(spacing, tilt):
+    from pipeline.cobb import axis_tilt_deg
+
+    disc, _ = body(tilt, spacing, depth=40.0, height=8.0)  # a flat slab: a disc
+    assert axis_tilt_deg(disc, spacing) == pytest.approx(tilt, abs=0.5)
+    assert axis_tilt_deg(np.zeros((20, 20), bool), spacing) is None
+
+
+@pytest.mark.parametrize("spacing", [(0.9, 0.9), (0.6, 0.9)])
+def test_sacrum_endplate_follows_the_disc_not_the_long_anterior_surface(spacing):
+    """A steep sacrum: a short superior endplate (35 mm at 40 deg) on a long body (90 mm): its
+    anterior surface is the longest straight edge that faces partly superior. Told how the disc
+    above runs, the fit takes the endplate."""
+    sacrum, _ = body(40.0, spacing, depth=35.0, height=90.0, centre_mm=(120.0, -160.0))
+    free = fit_superior_endplate(sacrum, spacing)
+    guided = fit_superior_endplate(sacrum, spacing, expected_tilt_deg=48.0)  # a disc wedge off by 8 deg
+    direction = lambda e: np.degrees(np.arctan2(e.direction_mm[1], e.direction_mm[0]))  # noqa: E731
+    assert abs(direction(free) - 40.0) > 20.0  # the unguided fit is fooled
+    assert direction(guided) == pytest.approx(40.0, abs=0.5)

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from pipeline.analysis import analyze
-from pipeline.cobb import cobb_angle_deg, fit_superior_endplate
+from pipeline.analysis import analyze, superior_endplates
+from pipeline.cobb import Endplate, cobb_angle_deg, fit_superior_endplate
 from pipeline.identify import identify
 from pipeline.labels import LEVEL_VALUES
 from training import datasets as ds
@@ -85,9 +85,8 @@ def identification(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarra
     }
 
 
-def _l1_l5_deg(level_masks: dict[str, np.ndarray], spacing: tuple[float, float]) -> float | None:
-    upper = fit_superior_endplate(level_masks["L1"], spacing) if "L1" in level_masks else None
-    lower = fit_superior_endplate(level_masks["L5"], spacing) if "L5" in level_masks else None
+def _l1_l5_deg(endplates: dict[str, Endplate | None]) -> float | None:
+    upper, lower = endplates.get("L1"), endplates.get("L5")
     return None if upper is None or lower is None else cobb_angle_deg(upper, lower)
 
 
@@ -99,9 +98,11 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
         ref = s.extra.get("level_labels")
         if s.source == ds.PHANTOM or s.spacing_mm is None or not _shows_lumbar_levels(ref):
             continue
-        reference = _l1_l5_deg({lv: ref == LEVEL_VALUES[lv] for lv in ("L1", "L5")}, s.spacing_mm)
+        # the reference labels have no discs to guide the fit: lumbar bodies need no guide
+        reference = _l1_l5_deg({lv: fit_superior_endplate(ref == LEVEL_VALUES[lv], s.spacing_mm)
+                                for lv in ("L1", "L5")})
         found = identify(pred, s.spacing_mm)
-        measured = _l1_l5_deg({lv: b.mask for lv, b in found.bodies.items()}, s.spacing_mm)
+        measured = _l1_l5_deg(superior_endplates(found, s.spacing_mm))  # as the worker measures
         if reference is None:
             continue
         if measured is None:

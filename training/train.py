@@ -593,15 +593,15 @@ def _parser() -> argparse.ArgumentParser:
                                                                   "per epoch (default: 1 on a terminal, else 2)")
 
     s = sub.add_parser("segmentation", help="the 4-class U-Net (background, vertebra, disc, canal)")
-    common(s, epochs=12, batch=16, patience=4, minutes=21.0)
+    common(s, epochs=80, batch=8, patience=10, minutes=85.0)
     s.add_argument("--sources", default=",".join(ds.DEFAULT_SEGMENTATION_SOURCES),
                    help="comma-separated subsets: " + ", ".join(ds.DEFAULT_SEGMENTATION_SOURCES))
-    s.add_argument("--phantoms", type=int, default=24, help="synthetic volumes (each gives --phantom-slices)")
+    s.add_argument("--phantoms", type=int, default=48, help="synthetic volumes (each gives --phantom-slices)")
     s.add_argument("--phantom-slices", type=int, default=3)
     s.add_argument("--per-level-slices", type=int, default=1, help="slices per myosegmentum / chu volume")
     s.add_argument("--spider-max-slices", type=int, default=None, help="cap of slices per SPIDER patient")
     s.add_argument("--input-size", type=int, default=SEGMENTATION_INPUT)
-    s.add_argument("--steps-per-epoch", type=int, default=10)
+    s.add_argument("--steps-per-epoch", type=int, default=20)
     s.add_argument("--dice-weight", type=float, default=1.0)
     s.add_argument("--val-monitor-max", type=int, default=48, help="validation slices checked every epoch")
     s.add_argument("--max-rotation", type=float, default=45.0)
@@ -613,14 +613,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-he-init", action="store_true", help="keep Keras' default Glorot initialisation")
     s.add_argument("--warmup-size", type=int, default=128, help="progressive resizing: first epochs at this "
                                                                 "size (0 = none)")
-    s.add_argument("--warmup-epochs", type=int, default=8)
+    s.add_argument("--warmup-epochs", type=int, default=16)
     s.add_argument("--synthetic-series", type=int, default=40,
                    help="fresh synthetic series on which the final evaluation measures the LLA (0 = none)")
     s.add_argument("--lr-plateau", type=float, default=0.5, help="multiply the learning rate by this when "
                                                                  "validation loss stalls (0 = constant, as the paper)")
 
     c = sub.add_parser("classifier", help="Deteclordose (or --baseline) on synthetic phantom mid slices")
-    common(c, epochs=15, batch=32, patience=5, minutes=8.0)
+    common(c, epochs=30, batch=32, patience=8, minutes=20.0)
     c.add_argument("--phantoms", type=int, default=300, help="synthetic volumes (one mid slice each)")
     c.add_argument("--lla-range", type=float, nargs=2, default=(15.0, 77.0), metavar=("MIN", "MAX"),
                    help="LLA drawn uniformly in this range (degrees)")
