@@ -98,11 +98,25 @@ def test_per_level_loaders_give_bodies_only(shared_data, subset, shape):
     assert len(samples) == 2
     for s in samples:
         assert s.image.shape == s.mask.shape == shape and s.spacing_mm == (1.0, 1.0)
-        assert set(np.unique(s.mask)) == {0, 1, ds.UNKNOWN}
+        assert set(np.unique(s.mask)) == {0, 1, ds.NOT_VERTEBRA, ds.UNKNOWN}
         assert (s.mask[s.extra["level_labels"] > 0] == 1).all()  # every labelled body, nothing else
         assert (s.mask == 1).sum() == (s.extra["level_labels"] > 0).sum()
         bg_cols = np.nonzero(s.mask == 0)[1]
         assert bg_cols.max() < np.nonzero(s.mask == 1)[1].max()  # the certain background is anterior
+        # one disc space between each pair of neighbouring bodies, never on a body
+        spaces = cv2.connectedComponents((s.mask == ds.NOT_VERTEBRA).astype(np.uint8))[0] - 1
+        assert spaces >= len(np.unique(s.extra["level_labels"])) - 2
+        bits = ds.allowed_bits(s.mask, s.known)
+        assert (bits[s.mask == ds.NOT_VERTEBRA] & (1 << ds.VERTEBRA) == 0).all()
+
+
+def test_disc_spaces_only_between_neighbouring_levels():
+    labels = np.zeros((60, 30), np.uint8)
+    labels[5:15, 5:25], labels[20:30, 5:25], labels[45:55, 5:25] = 20, 21, 23  # L1, L2, (no L3), L4
+    spaces = ds.disc_spaces(labels)
+    rows = np.unique(np.nonzero(spaces)[0])
+    assert rows.min() >= 15 and rows.max() <= 19  # between L1 and L2 (bodies grown by a pixel excluded)
+    assert spaces[16:19, 6:24].all() and not spaces[31:44].any()  # L2-L4: a level is missing, no disc
 
 
 def test_fastmonai_loader_is_unlabelled(shared_data):

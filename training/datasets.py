@@ -8,6 +8,8 @@ Partial labels. Sources label different things, so each sample says what its mas
   * mask value 1, 2 or 3: that class, for sure;
   * mask value 0: none of the classes in `sample.known` (the classes this source labels
     completely); a class the source does not label may still be there;
+  * mask value 254 (NOT_VERTEBRA): any class but vertebra (the disc space between two labelled
+    bodies of the per-level volumes);
   * mask value 255 (UNKNOWN): nothing is known about the pixel.
 `allowed_bits` turns that into a per-pixel bit set of the classes still possible (bit c =
 class c), which the training loss marginalises over, so unlabelled classes are never
@@ -19,7 +21,8 @@ penalised and never taught as background.
                                   may be vertebra or canal; empty masks -> None (unlabelled)
   myosegmentum-vb3,   {1,2,3}     only vertebral BODIES are labelled (-> 1); posterior elements,
   chu2015-vb2                     sacrum, discs, canal are not, so everything is UNKNOWN except
-                                  a strip anterior to the bodies (certainly background, 0)
+                                  a strip anterior to the bodies (certainly background, 0) and
+                                  the space between neighbouring bodies (NOT_VERTEBRA)
   phantom             {1,2,3}     11,12,20-26,50 -> 1, 30 -> 2, 40 -> 3 (exact)
   fastmonai           -           no labels (mask None)
   false-colour        {1}         Otsu-binarised spine vs background, as in the paper
@@ -51,6 +54,7 @@ from training.real_data import load_real, shared_data_dir
 N_CLASSES = len(SEGMENTATION_CLASSES)
 BACKGROUND, VERTEBRA, DISC, CANAL = 0, 1, 2, 3
 UNKNOWN = 255
+NOT_VERTEBRA = 254
 ALL_BITS = (1 << N_CLASSES) - 1
 FOREGROUND = frozenset({VERTEBRA, DISC, CANAL})
 
@@ -99,6 +103,7 @@ def allowed_bits(mask: np.ndarray | None, known: Iterable[int], shape: tuple[int
     bits[mask == BACKGROUND] = 1 | sum(1 << c for c in unknown_classes)
     for c in FOREGROUND:
         bits[mask == c] = 1 << c
+    bits[mask == NOT_VERTEBRA] = ALL_BITS & ~(1 << VERTEBRA)
     return bits
 
 
@@ -220,9 +225,12 @@ def _mid_slices(labels: np.ndarray, count: int) -> list[int]:
 def bodies_to_partial_mask(labels: np.ndarray, col_spacing_mm: float, anterior_margin_mm: float | None = 8.0
                            ) -> np.ndarray:
     """Per-level BODY labels -> partial 4-class mask: bodies 1, UNKNOWN elsewhere, except a strip
-    further than `anterior_margin_mm` anterior to the bodies, which is certainly background (0).
+    further than `anterior_margin_mm` anterior to the bodies, which is certainly background (0),
+    and the space between two neighbouring levels, which is certainly not vertebra (NOT_VERTEBRA).
     Why: the posterior elements and sacrum are bone (class 1 elsewhere) but unlabelled here, so
-    'not labelled' must not be taught as background; the prevertebral side is safe to call so."""
+    'not labelled' must not be taught as background; the prevertebral side is safe to call so.
+    Without the disc spaces a network learns to paint the whole column as bone on these images
+    (the first shipped candidate did: no discs, so no vertebra could be identified)."""
     bodies = labels > 0
     mask = np.full(labels.shape, UNKNOWN, np.uint8)
     if anterior_margin_mm is not None and bodies.any():
@@ -235,8 +243,29 @@ def bodies_to_partial_mask(labels: np.ndarray, col_spacing_mm: float, anterior_m
         for r in range(rows[0], rows[-1] + 1):
             if np.isfinite(band[r]):
                 mask[r, : max(0, int(band[r] - margin))] = BACKGROUND
+    mask[disc_spaces(labels) & (mask == UNKNOWN)] = NOT_VERTEBRA
     mask[bodies] = VERTEBRA
     return mask
+
+
+_LEVEL_ORDER = (11, 12, 20, 21, 22, 23, 24, 25, 26)  # T11 .. S1 in the shared data's numbering
+
+
+def disc_spaces(labels: np.ndarray) -> np.ndarray:
+    """Pixels between two anatomically adjacent labelled bodies: the convex hull of the pair,
+    minus both bodies grown by one pixel (their labelled edge may sit a pixel inside the bone)."""
+    present = [v for v in _LEVEL_ORDER if (labels == v).any()]
+    out = np.zeros(labels.shape, bool)
+    grown = cv2.dilate((labels > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    for upper, lower in zip(present, present[1:]):
+        if _LEVEL_ORDER.index(lower) - _LEVEL_ORDER.index(upper) != 1:
+            continue  # a level missing in between: its space is not a disc
+        rows, cols = np.nonzero((labels == upper) | (labels == lower))
+        hull = cv2.convexHull(np.stack([cols, rows], axis=1).astype(np.int32))
+        region = np.zeros(labels.shape, np.uint8)
+        cv2.fillConvexPoly(region, hull, 1)
+        out |= region.astype(bool)
+    return out & ~grown
 
 
 def load_per_level(subset: str, data_dir: str | Path | None = None, ids: Iterable[str] | None = None,
