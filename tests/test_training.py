@@ -98,14 +98,16 @@ def test_per_level_loaders_give_bodies_only(shared_data, subset, shape):
     assert len(samples) == 2
     for s in samples:
         assert s.image.shape == s.mask.shape == shape and s.spacing_mm == (1.0, 1.0)
-        assert set(np.unique(s.mask)) == {0, 1, ds.NOT_VERTEBRA, ds.UNKNOWN}
+        assert set(np.unique(s.mask)) == {0, 1, 2, ds.NOT_VERTEBRA, ds.UNKNOWN}
         assert (s.mask[s.extra["level_labels"] > 0] == 1).all()  # every labelled body, nothing else
         assert (s.mask == 1).sum() == (s.extra["level_labels"] > 0).sum()
         bg_cols = np.nonzero(s.mask == 0)[1]
         assert bg_cols.max() < np.nonzero(s.mask == 1)[1].max()  # the certain background is anterior
         # one disc space between each pair of neighbouring bodies, never on a body
-        spaces = cv2.connectedComponents((s.mask == ds.NOT_VERTEBRA).astype(np.uint8))[0] - 1
+        spaces = cv2.connectedComponents(((s.mask == ds.NOT_VERTEBRA) | (s.mask == 2)).astype(np.uint8))[0] - 1
         assert spaces >= len(np.unique(s.extra["level_labels"])) - 2
+        discs = cv2.connectedComponents((s.mask == 2).astype(np.uint8))[0] - 1
+        assert discs >= 4  # a disc core between L1..L5 at least (thin thoracic discs may erode away)
         bits = ds.allowed_bits(s.mask, s.known)
         assert (bits[s.mask == ds.NOT_VERTEBRA] & (1 << ds.VERTEBRA) == 0).all()
 

@@ -22,7 +22,8 @@ penalised and never taught as background.
   myosegmentum-vb3,   {1,2,3}     only vertebral BODIES are labelled (-> 1); posterior elements,
   chu2015-vb2                     sacrum, discs, canal are not, so everything is UNKNOWN except
                                   a strip anterior to the bodies (certainly background, 0) and
-                                  the space between neighbouring bodies (NOT_VERTEBRA)
+                                  the space between neighbouring bodies (NOT_VERTEBRA; its core
+                                  is disc, 2)
   phantom             {1,2,3}     11,12,20-26,50 -> 1, 30 -> 2, 40 -> 3 (exact)
   fastmonai           -           no labels (mask None)
   false-colour        {1}         Otsu-binarised spine vs background, as in the paper
@@ -243,7 +244,13 @@ def bodies_to_partial_mask(labels: np.ndarray, col_spacing_mm: float, anterior_m
         for r in range(rows[0], rows[-1] + 1):
             if np.isfinite(band[r]):
                 mask[r, : max(0, int(band[r] - margin))] = BACKGROUND
-    mask[disc_spaces(labels) & (mask == UNKNOWN)] = NOT_VERTEBRA
+    spaces = disc_spaces(labels) & (mask == UNKNOWN)
+    mask[spaces] = NOT_VERTEBRA
+    # The core of a disc space (2 mm in from its edges, which the bodies' concave waists and the
+    # anterior and posterior rims reach) is disc: exact, so the network learns discs on these
+    # contrasts too, and identification (which needs the discs) works on them.
+    core = cv2.erode(spaces.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    mask[core] = DISC
     mask[bodies] = VERTEBRA
     return mask
 
