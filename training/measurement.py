@@ -102,11 +102,14 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
         reference = _l1_l5_deg({lv: fit_superior_endplate(ref == LEVEL_VALUES[lv], s.spacing_mm)
                                 for lv in ("L1", "L5")})
         found = identify(pred, s.spacing_mm)
-        measured = _l1_l5_deg(superior_endplates(found, s.spacing_mm))  # as the worker measures
+        endplates = superior_endplates(found, s.spacing_mm)  # as the worker measures
+        measured = _l1_l5_deg(endplates)
         if reference is None:
             continue
         if measured is None:
-            unmeasured.append({"item": s.item, "flags": list(found.flags)})
+            # a level not identified, or its body cut by the image edge (no endplate to fit)
+            missing = [lv for lv in ("L1", "L5") if endplates.get(lv) is None]
+            unmeasured.append({"item": s.item, "no_endplate": missing, "flags": list(found.flags)})
             continue
         cases.append({"item": s.item, "reference_deg": reference, "measured_deg": measured})
     result = agreement([c["reference_deg"] for c in cases], [c["measured_deg"] for c in cases])

@@ -6,6 +6,7 @@ Writes into --out:
   unet_4class.weights.h5, unet_4class.json      the run's float16 weights and their description
   deteclordose.weights.h5, deteclordose.json    (pipeline.inference.ModelInfo reads the .json)
   MODEL_CARD.md                                 data, licences, split, seed, epochs, metrics, sha256
+  eval/*.png                                    the runs' evaluation plots the card refers to
 Everything in the card is read from the runs' config.json, split.json, history.json and
 eval/metrics.json: nothing is typed in by hand, so `make train` re-creates the same card.
 """
@@ -42,6 +43,11 @@ SOURCES = {
                    "via fastcleverseg (GPL-3.0); Zenodo licence not checked. Bodies T11-L5 labelled per level.",
     "phantom": "synthetic sagittal lumbar MR made by training/phantom.py (exact labels and LLA by construction).",
 }
+
+
+PLOTS_SEGMENTATION = ("training_curves.png", "dice_per_label.png", "confusion_segmentation.png",
+                      "bland_altman_l1_l5_real.png", "bland_altman_lla_synthetic.png")
+PLOTS_CLASSIFIER = ("confusion_classifier.png",)
 
 
 def _read(run: Path, name: str) -> dict:
@@ -102,6 +108,10 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
     lines += ["", "Per source (Dice, mean over patients):", ""]
     for src, per in metrics.get("per_source", {}).items():
         lines.append(f"- {src}: " + ", ".join(f"{c} {_fmt(m['dice'])}" for c, m in per.items()))
+    lines += ["", "Each class is scored only on pixels whose truth is known: on the per-level volumes "
+              "(myosegmentum-vb3, chu2015-vb2) that is the labelled bodies, the disc spaces between them and a "
+              "strip in front of the spine, so their figures say nothing about posterior elements or the "
+              "sacrum. Identification and angles below run the worker's own code on the predictions."]
     ident = metrics.get("identification", {})
     if ident.get("slices"):
         lines += ["", f"- L1..L5 identified correctly on {ident['correct']} / {ident['slices']} validation slices "
@@ -120,8 +130,15 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
                      f"{_fmt(syn['median_abs_error_deg'], 2)} deg, MAE {_fmt(syn['mae_deg'], 2)}, 95% limits of "
                      f"agreement {syn['loa_low_deg']:+.2f} .. {syn['loa_high_deg']:+.2f} deg; the measurement "
                      f"alone on the reference masks: median |error| {_fmt(alone.get('median_abs_error_deg'), 2)} deg")
+        big = [c for c in syn["cases"] if abs(c["measured_deg"] - c["reference_deg"]) > 5.0]
+        if big:
+            lines.append(f"  - {len(big)} of {syn['measured']} synthetic series off by more than 5 deg (reference "
+                         + ", ".join(f"{c['reference_deg']:.0f}" for c in big) + " deg); "
+                         f"{sum(bool(c['flags']) for c in big)} of them carry a quality flag.")
     lines.append(f"- Pixel accuracy {_fmt(metrics.get('pixel_accuracy'), 4)} (background-dominated; beside "
                  "the above only).")
+    lines += ["", "Plots: `eval/training_curves.png`, `eval/dice_per_label.png`, `eval/confusion_segmentation.png`, "
+              "`eval/bland_altman_l1_l5_real.png`, `eval/bland_altman_lla_synthetic.png`."]
     return lines
 
 
@@ -147,7 +164,8 @@ def _classifier_section(run: Path, info: dict) -> list[str]:
         "the result.",
         f"- Validation (synthetic): accuracy {_fmt(metrics.get('accuracy'))}, macro-F1 "
         f"{_fmt(metrics.get('macro_f1'))}; per class F1: "
-        + ", ".join(f"{c} {_fmt(m['f1'])} (n={m['support']})" for c, m in per_class.items()),
+        + ", ".join(f"{c} {_fmt(m['f1'])} (n={m['support']})" for c, m in per_class.items())
+        + "; confusion matrix in `eval/confusion_classifier.png`.",
     ]
 
 
@@ -191,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     date = args.date or dt.datetime.fromtimestamp((seg_run / "config.json").stat().st_mtime, dt.UTC).date().isoformat()
     seg = _copy_model(seg_run, SEGMENTATION_NAME, out, args.version, "unet", SEGMENTATION_CLASSES, date)
     cls = _copy_model(cls_run, CLASSIFIER_NAME, out, args.version, "deteclordose", LORDOSIS_CLASSES, date)
+    (out / "eval").mkdir(exist_ok=True)
+    for run, names in ((seg_run, PLOTS_SEGMENTATION), (cls_run, PLOTS_CLASSIFIER)):
+        for name in names:
+            if (run / "eval" / name).is_file():
+                shutil.copyfile(run / "eval" / name, out / "eval" / name)
     card = write_card(out, seg_run, seg, cls_run, cls)
     for info in (seg, cls):
         print(f"{out / (info['name'] + '.weights.h5')}  sha256 {info['sha256']}")
