@@ -25,7 +25,8 @@ _LINE = {"L1": (0, 0, 255), "S1": (255, 0, 255)}
 
 def render_overlay(image: np.ndarray, analysis: Analysis, spacing: tuple[float, float],
                    min_side: int = 512, alpha: float = 0.35) -> np.ndarray:
-    """BGR uint8 picture of one slice with the analysis drawn on it."""
+    """BGR uint8 picture of one slice with the analysis drawn on it, the result written in a band
+    above it."""
     fine = min(spacing)
     scale_r, scale_c = spacing[0] / fine, spacing[1] / fine
     rows, cols = image.shape
@@ -66,9 +67,10 @@ def render_overlay(image: np.ndarray, analysis: Analysis, spacing: tuple[float, 
         p = analysis.cnn_probabilities.get(analysis.cnn_class, 0.0)
         lines.append(f"CNN: {analysis.cnn_class} ({p:.0%})")
     lines += [f"! {flag}" for flag in analysis.flags[:4]]
-    y = int(24 * text_scale / 0.45)
-    for line in lines:
-        cv2.putText(picture, line, (8, y), font, text_scale * 1.2, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(picture, line, (8, y), font, text_scale * 1.2, (255, 255, 255), thickness, cv2.LINE_AA)
-        y += int(22 * text_scale / 0.45)
-    return picture
+    # The text goes in a band above the image, never over the anatomy it describes.
+    step = int(22 * text_scale / 0.45)
+    header = np.zeros((step * len(lines) + step // 2, picture.shape[1], 3), np.uint8)
+    for k, line in enumerate(lines):
+        cv2.putText(header, line, (8, step * (k + 1)), font, text_scale * 1.2, (255, 255, 255), thickness,
+                    cv2.LINE_AA)
+    return np.vstack([header, picture])
