@@ -28,6 +28,7 @@ class AnalysisConfig:
     min_confidence: float = 0.85  # mean class probability over vertebra pixels
     max_neighbour_spread_deg: float = 5.0  # LLA on the neighbouring slices may differ this much
     max_endplate_rms_mm: float = 1.5  # scatter of the outline about a fitted endplate
+    min_edge_margin_mm: float = 5.0  # an L1 endplate nearer the top of the image is flagged
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ def analyze(
         endplate = best.endplates.get(level)
         if endplate is not None and endplate.rms_mm > config.max_endplate_rms_mm:
             flags.append(f"endplate_fit_poor:{level}")
+    l1 = best.endplates.get("L1")
+    if l1 is not None and min(l1.anterior_px[0], l1.posterior_px[0]) * spacing[0] < config.min_edge_margin_mm:
+        # segmentation is least sure at the image border: the real-data L1-L5 errors were worst there
+        flags.append("l1_endplate_at_field_of_view_edge")
 
     confidence = None
     if probabilities is not None:

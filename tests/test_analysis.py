@@ -84,6 +84,16 @@ def test_l1_missing_or_cut_gives_no_angle_and_a_flag(phantoms, margin, flag):
     assert flag in result.flags
 
 
+def test_l1_endplate_at_the_top_edge_is_measured_and_flagged(phantoms):
+    phantom = phantoms[0]
+    rows = np.nonzero(phantom.labels[phantom.mid_slice] == LABELS["L1"])[0]
+    near = analyze(classes_of(phantom.labels)[:, rows.min() - 2:, :], (0.9, 0.9))  # 2 px above L1
+    assert near.lla_deg == pytest.approx(phantom.lla_deg, abs=1.0)
+    assert "l1_endplate_at_field_of_view_edge" in near.flags
+    roomy = analyze(classes_of(phantom.labels)[:, max(0, rows.min() - 20):, :], (0.9, 0.9))  # 18 mm above
+    assert "l1_endplate_at_field_of_view_edge" not in roomy.flags
+
+
 def test_low_confidence_and_cnn_disagreement_are_flags(phantoms):
     phantom = phantoms[0]
     classes = classes_of(phantom.labels)
