@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.classify import Thresholds, classify_lla
 from pipeline.cobb import Endplate, axis_tilt_deg, cobb_angle_deg, fit_superior_endplate
-from pipeline.identify import Identification, identify
+from pipeline.identify import Component, Identification, identify
 from pipeline.labels import CANAL, DISC, VERTEBRA
 
 Point = tuple[float, float]
@@ -68,6 +68,10 @@ class _SliceResult:
         return (has_canal, self.lla_deg is not None, self.canal_area_mm2, len(self.identification.bodies))
 
 
+def _cut_by_top_edge(body: Component) -> bool:
+    return bool(body.mask[0].any())
+
+
 def superior_endplates(found: Identification, spacing: tuple[float, float]) -> dict[str, Endplate | None]:
     """The superior endplate of each identified body, oriented by the disc resting on it.
 
@@ -78,7 +82,7 @@ def superior_endplates(found: Identification, spacing: tuple[float, float]) -> d
     """
     endplates = {}
     for level, body in found.bodies.items():
-        if body.mask[0].any():
+        if _cut_by_top_edge(body):
             endplates[level] = None
             continue
         above = [d for d in found.discs if d.row < body.row]
@@ -93,7 +97,7 @@ def measure_slice(class_map: np.ndarray, spacing: tuple[float, float], index: in
     found = identify(class_map, spacing)
     endplates = superior_endplates(found, spacing)
     for level in ("L1", "S1"):
-        if level in found.bodies and found.bodies[level].mask[0].any():
+        if level in found.bodies and _cut_by_top_edge(found.bodies[level]):
             found.flags.append(f"{level.lower()}_cut_by_field_of_view")
     lla = None
     if endplates.get("L1") is not None and endplates.get("S1") is not None:
