@@ -320,6 +320,29 @@ def plot_dice_per_label(metrics: dict, out: Path) -> bool:
     return True
 
 
+def plot_bland_altman(result: dict, out, title: str) -> bool:
+    """Difference against mean, with bias and 95 % limits of agreement."""
+    plt = _pyplot()
+    cases = result.get("cases", [])
+    if plt is None or len(cases) < 2:
+        return False
+    ref = np.array([c["reference_deg"] for c in cases])
+    mea = np.array([c["measured_deg"] for c in cases])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot((ref + mea) / 2, mea - ref, "ko", markersize=4)
+    for y, style in ((result["bias_deg"], "-"), (result["loa_low_deg"], "--"), (result["loa_high_deg"], "--")):
+        ax.axhline(y, color="tab:red", linestyle=style, linewidth=1)
+    ax.set_xlabel("mean of measured and reference (deg)")
+    ax.set_ylabel("measured - reference (deg)")
+    ax.set_title(f"{title}\nbias {result['bias_deg']:+.2f}, LoA {result['loa_low_deg']:+.2f} .. "
+                 f"{result['loa_high_deg']:+.2f} deg, n={result['n']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _overlay(image: np.ndarray, labels: np.ndarray, size: int = 224) -> np.ndarray:
     grey = (cv2.resize(to_network(image, size)[0, ..., 0], (size, size)) * 255).astype(np.uint8)
     rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
@@ -377,8 +400,6 @@ def write_segmentation_report(metrics: dict, samples: Sequence[ds.Sample], predi
         "confusion_segmentation.png": plot_confusion(metrics["confusion_matrix"], SEGMENTATION_CLASSES,
                                                      out_dir / "confusion_segmentation.png", "pixels"),
     }
-    from training.measurement import plot_bland_altman
-
     for key, name, title in (("l1_l5_angle_real", "bland_altman_l1_l5_real.png", "L1-L5 angle, real validation"),
                              ("lla_synthetic", "bland_altman_lla_synthetic.png", "L1-S1 LLA, synthetic series")):
         if key in metrics:

@@ -145,28 +145,3 @@ def synthetic_lla(segment: Segment, count: int = 40, seed: int = 7, slices: int 
                                                            [c["on_reference_masks_deg"] for c in ref_ok]),
         "cases": cases, "not_measured": unmeasured,
     }
-
-
-def plot_bland_altman(result: dict, out, title: str) -> bool:
-    """Difference against mean, with bias and 95 % limits of agreement."""
-    from training.evaluate import _pyplot
-
-    plt = _pyplot()
-    cases = result.get("cases", [])
-    if plt is None or len(cases) < 2:
-        return False
-    ref = np.array([c["reference_deg"] for c in cases])
-    mea = np.array([c["measured_deg"] for c in cases])
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot((ref + mea) / 2, mea - ref, "ko", markersize=4)
-    for y, style in ((result["bias_deg"], "-"), (result["loa_low_deg"], "--"), (result["loa_high_deg"], "--")):
-        ax.axhline(y, color="tab:red", linestyle=style, linewidth=1)
-    ax.set_xlabel("mean of measured and reference (deg)")
-    ax.set_ylabel("measured - reference (deg)")
-    ax.set_title(f"{title}\nbias {result['bias_deg']:+.2f}, LoA {result['loa_low_deg']:+.2f} .. "
-                 f"{result['loa_high_deg']:+.2f} deg, n={result['n']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
