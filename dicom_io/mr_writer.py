@@ -10,7 +10,6 @@ ImageOrientationPatient / ImagePositionPatient that say so, as some scanners do.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID
 
 from dicom_io.geometry import SAGITTAL_IOP, InPlaneFlip, PlaneGrid
+from dicom_io.uids import derived_uid
 
 SOFTWARE_NAME = "lumbarnode"
 
@@ -28,12 +28,6 @@ _PROTOCOLS = {
     "t2": dict(RepetitionTime=3500.0, EchoTime=100.0, EchoTrainLength=17, SequenceName="*tse2d1_17"),
     "t1": dict(RepetitionTime=550.0, EchoTime=12.0, EchoTrainLength=3, SequenceName="*tse2d1_3"),
 }
-
-
-def derived_uid(*parts: object) -> str:
-    """A UID under 2.25 (a 128-bit integer) derived from `parts`: same inputs, same UID."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()[:16]
-    return "2.25." + str(int.from_bytes(digest, "big"))
 
 
 @dataclass(frozen=True)

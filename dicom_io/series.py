@@ -8,7 +8,8 @@ finds, and returns a `Series`:
   patient's right to left. RescaleSlope/Intercept are applied; MONOCHROME1 is inverted so
   that higher always means brighter.
 - geometry in patient millimetres (pixel spacing (row, col), slice positions, orientation),
-- the UIDs needed to reference every slice later (SEG, SR).
+- the UIDs needed to reference every slice later (SEG, SR), and the headers (without pixel
+  data) of the source instances, from which the derived objects copy patient and study.
 
 Whatever the method cannot use raises a `dicom_io.errors.SeriesRefused` subclass that
 says why. Single-frame MR and Enhanced MR (multi-frame) are both read.
@@ -68,6 +69,13 @@ class Series:
     body_part_examined: str
     transfer_syntaxes: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    headers: tuple[Dataset, ...] = ()  # source instances without Pixel Data, in slice order
+
+    def header(self, sop_instance_uid: str) -> Dataset:
+        for ds in self.headers:
+            if ds.SOPInstanceUID == sop_instance_uid:
+                return ds
+        raise KeyError(sop_instance_uid)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -234,7 +242,7 @@ def _assemble(frames, datasets, study_uid, series_uid, require_volume, max_obliq
 
     warnings: list[str] = []
     if len(gaps) > 1 and np.ptp(gaps) > 0.1 * float(np.median(gaps)) + 1e-3:
-        warnings.append(f"irregular slice spacing ({gaps.min():.2f} to {gaps.max():.2f} mm)")
+        warnings.append(f"irregular_slice_spacing:{gaps.min():.2f}_to_{gaps.max():.2f}_mm")
 
     in_plane = InPlaneFlip.for_sagittal(reference.row_dir, reference.col_dir)
     pixels = np.stack([_values(f) for f in frames])
@@ -243,6 +251,10 @@ def _assemble(frames, datasets, study_uid, series_uid, require_volume, max_obliq
 
     thicknesses = {f.thickness for f in frames if f.thickness is not None}
     first = datasets[0][1]
+    by_uid = {str(ds.SOPInstanceUID): ds for _, ds in datasets}
+    headers = [by_uid[uid] for uid in dict.fromkeys(f.ref.sop_instance_uid for f in frames)]
+    for ds in headers:
+        del ds.PixelData  # decoded already; a header is all the derived objects need
     return Series(
         pixels=pixels,
         pixel_spacing_mm=grids[0].spacing,
@@ -260,6 +272,7 @@ def _assemble(frames, datasets, study_uid, series_uid, require_volume, max_obliq
         body_part_examined=str(first.get("BodyPartExamined", "")),
         transfer_syntaxes=tuple(sorted({str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets})),
         warnings=tuple(warnings),
+        headers=tuple(headers),
     )
 
 

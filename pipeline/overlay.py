@@ -24,9 +24,9 @@ _LINE = {"L1": (0, 0, 255), "S1": (255, 0, 255)}
 
 
 def render_overlay(image: np.ndarray, analysis: Analysis, spacing: tuple[float, float],
-                   min_side: int = 512, alpha: float = 0.35) -> np.ndarray:
+                   min_side: int = 512, alpha: float = 0.35, notice: str | None = None) -> np.ndarray:
     """BGR uint8 picture of one slice with the analysis drawn on it, the result written in a band
-    above it."""
+    above it; `notice` is a last line of that band (e.g. "not for primary diagnosis")."""
     fine = min(spacing)
     scale_r, scale_c = spacing[0] / fine, spacing[1] / fine
     rows, cols = image.shape
@@ -67,6 +67,8 @@ def render_overlay(image: np.ndarray, analysis: Analysis, spacing: tuple[float, 
         p = analysis.cnn_probabilities.get(analysis.cnn_class, 0.0)
         lines.append(f"CNN: {analysis.cnn_class} ({p:.0%})")
     lines += [f"! {flag}" for flag in analysis.flags[:4]]
+    if notice:
+        lines.append(notice)
     # The text goes in a band above the image, never over the anatomy it describes.
     step = int(22 * text_scale / 0.45)
     header = np.zeros((step * len(lines) + step // 2, picture.shape[1], 3), np.uint8)

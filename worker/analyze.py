@@ -14,7 +14,7 @@ import numpy as np
 
 from dicom_io.errors import SeriesRefused
 from dicom_io.geometry import InPlaneFlip
-from dicom_io.series import load_series
+from dicom_io.series import Series, load_series
 from pipeline.analysis import Analysis, AnalysisConfig, analyze, with_second_opinion
 from pipeline.classify import Thresholds
 from pipeline.inference import LordosisClassifier, Segmenter
@@ -53,6 +53,21 @@ class Slices:
     flags: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What one run of the method produced: the JSON report and what it was made from."""
+
+    result: dict  # the analyze contract
+    analysis: Analysis | None
+    slices: Slices | None
+    class_maps: np.ndarray | None = None  # (slices, rows, cols) network classes, canonical
+
+
+def slices_of(series: Series, pixel_spacing: tuple[float, float] | None = None) -> Slices:
+    return Slices(series.pixels, pixel_spacing or series.pixel_spacing_mm, series.in_plane,
+                  tuple(s.sop_instance_uid for s in series.slices), series.warnings)
+
+
 def read_input(path: Path, pixel_spacing: tuple[float, float] | None, settings: Settings) -> Slices:
     if path.suffix.lower() == ".png":
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -66,27 +81,31 @@ def read_input(path: Path, pixel_spacing: tuple[float, float] | None, settings: 
         series = load_series(path, require_volume=False, max_obliquity_deg=settings.max_obliquity_deg)
     except SeriesRefused as exc:
         raise InputRefused(f"{exc.reason}: {exc}") from exc
-    spacing = pixel_spacing or series.pixel_spacing_mm
-    return Slices(series.pixels, spacing, series.in_plane, tuple(s.sop_instance_uid for s in series.slices),
-                  series.warnings)
+    return slices_of(series, pixel_spacing)
 
 
 def run(path: Path, models: Models, settings: Settings,
-        pixel_spacing: tuple[float, float] | None = None) -> tuple[dict, Analysis | None, Slices | None]:
-    """The JSON report (the analyze contract), the analysis, and the slices it was made on."""
+        pixel_spacing: tuple[float, float] | None = None) -> Measured:
+    """Read the input and measure it."""
     try:
         slices = read_input(path, pixel_spacing, settings)
     except InputRefused as exc:
-        return refusal(str(exc), models), None, None
+        return Measured(refusal(str(exc), models), None, None)
+    return measure(slices, models, settings)
+
+
+def measure(slices: Slices, models: Models, settings: Settings) -> Measured:
+    """Segment every slice, measure on the best one, add the CNN's opinion."""
     probabilities = models.segmenter.probabilities(slices.pixels)
     class_maps = probabilities.argmax(axis=-1).astype(np.uint8)
     config = AnalysisConfig(thresholds=Thresholds(settings.lla_low_deg, settings.lla_high_deg))
     analysis = analyze(class_maps, slices.spacing, probabilities, config)
     if not analysis.vertebrae:
-        return refusal("no spine found: no vertebral body was identified", models, analysis.flags), analysis, slices
+        result = refusal("no spine found: no vertebral body was identified", models, analysis.flags)
+        return Measured(result, analysis, slices, class_maps)
     if models.classifier is not None:
         analysis = with_second_opinion(analysis, models.classifier.probabilities(slices.pixels[analysis.slice_index]))
-    return report(analysis, slices, model_block(models)), analysis, slices
+    return Measured(report(analysis, slices, model_block(models)), analysis, slices, class_maps)
 
 
 def report(analysis: Analysis, slices: Slices, model: dict) -> dict:
@@ -135,8 +154,8 @@ def mask_on_source(analysis: Analysis, slices: Slices) -> np.ndarray:
     return slices.in_plane.to_source(analysis.label_map)
 
 
-def overlay(analysis: Analysis, slices: Slices) -> np.ndarray:
-    return render_overlay(slices.pixels[analysis.slice_index], analysis, slices.spacing)
+def overlay(analysis: Analysis, slices: Slices, notice: str | None = None) -> np.ndarray:
+    return render_overlay(slices.pixels[analysis.slice_index], analysis, slices.spacing, notice=notice)
 
 
 def exit_code(result: dict) -> int:

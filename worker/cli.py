@@ -114,8 +114,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"analyze: no segmentation weights at {weights}: run `make train`", file=sys.stderr)
         return analyze.EXIT_REFUSED
     models = analyze.Models.load(settings)
-    result, analysis, slices = analyze.run(Path(args.path), models, settings,
-                                           tuple(args.pixel_spacing) if args.pixel_spacing else None)
+    measured = analyze.run(Path(args.path), models, settings,
+                           tuple(args.pixel_spacing) if args.pixel_spacing else None)
+    result, analysis, slices = measured.result, measured.analysis, measured.slices
     code = analyze.exit_code(result)
     if analysis is not None and code != analyze.EXIT_REFUSED:
         import cv2
@@ -135,6 +136,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if result["flags"]:
             print("flags: " + ", ".join(result["flags"]))
     return code
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from worker import analyze, process
+    from worker.settings import Settings
+
+    settings = Settings.from_env()
+    if args.no_key_image:
+        settings = dataclasses.replace(settings, key_image=False)
+    weights = settings.weights(settings.segmentation_model)
+    if not weights.is_file():
+        print(f"process: no segmentation weights at {weights}: run `make train`", file=sys.stderr)
+        return analyze.EXIT_REFUSED
+    outputs = process.process_series(Path(args.series), analyze.Models.load(settings), settings)
+    written = process.write_outputs(outputs, Path(args.out))
+    result = outputs.result
+    if outputs.refused:
+        print(f"refused: {result['refused']} (no DICOM written; {written[-1]})", file=sys.stderr)
+        return outputs.code
+    lla = "not measured" if result["lla_deg"] is None else f"{result['lla_deg']:.1f} deg ({result['class']})"
+    print(f"LLA {lla}; CNN {result['cnn_class']}; levels {' '.join(result['vertebrae'])}")
+    if result["flags"]:
+        print("flags: " + ", ".join(result["flags"]))
+    for path in written:
+        print(f"wrote {path}")
+    return outputs.code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -207,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"),
                    help="pixel spacing (required for a correct angle on PNG input; default 1 mm)")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("process", help="run the method on a series and write DICOM SEG, SR and key image")
+    p.add_argument("series", help="a sagittal lumbar MR series folder (or its files' folder)")
+    p.add_argument("--out", required=True, help="folder for seg.dcm, sr.dcm, key.dcm and result.json")
+    p.add_argument("--no-key-image", action="store_true",
+                   help="no Secondary Capture key image (also LUMBARNODE_KEY_IMAGE=false)")
+    p.set_defaults(func=cmd_process)
 
     sub.add_parser("train", help="train the U-Net or Deteclordose (lumbarnode train -h)", add_help=False)
     sub.add_parser("evaluate", help="evaluate trained networks (lumbarnode evaluate -h)", add_help=False)

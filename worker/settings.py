@@ -18,6 +18,9 @@ class Settings:
     lla_low_deg: float = 39.0  # below: hypolordosis
     lla_high_deg: float = 53.0  # at or above: hyperlordosis
     max_obliquity_deg: float = 30.0  # sagittal series may be this oblique
+    uid_root: str = ""  # organisation UID root of the results; empty: 2.25 UIDs (no registration needed)
+    key_image: bool = True  # also send a Secondary Capture of the measured slice with the result burned in
+    institution_name: str = ""  # written into the results' equipment module when set
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -26,9 +29,20 @@ class Settings:
         for f in fields(cls):
             raw = environ.get(f"LUMBARNODE_{f.name.upper()}")
             if raw is not None:
-                kind = type(f.default)
-                values[f.name] = Path(raw) if isinstance(f.default, Path) else kind(raw)
+                values[f.name] = _parse(raw, f.default, f"LUMBARNODE_{f.name.upper()}")
         return cls(**values)
 
     def weights(self, model: str) -> Path:
         return self.model_dir / f"{model}.weights.h5"
+
+
+def _parse(raw: str, default: object, name: str) -> object:
+    if isinstance(default, bool):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}={raw!r}: expected true or false")
+    if isinstance(default, Path):
+        return Path(raw)
+    return type(default)(raw)

@@ -1,0 +1,115 @@
+"""The coded concepts of our SEG and SR: standard codes where DICOM has them, else ours.
+
+Standard codes are taken from pydicom's code dictionary (DICOM PS3.16) where it holds them;
+the one SNOMED CT code it lacks (intervertebral disc, 360499006) is the one DICOM's CID 7151
+uses. S1 is coded as the sacrum (54735007): our S1 segment is every bone below the lowest
+disc, the whole sacrum, and the sacrum is the code pydicom and viewers know.
+
+Concepts no standard covers (the lordosis class as a finding, the quality flags, the
+Deteclordose class) use the private coding scheme 99LUMBARNODE, documented here and in the
+README and declared in each SR's Coding Scheme Identification Sequence.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+PRIVATE_SCHEME = "99LUMBARNODE"
+PRIVATE_SCHEME_NAME = "lumbarnode concepts"
+PRIVATE_SCHEME_ORGANISATION = "lumbarnode project"
+
+
+def private(value: str, meaning: str) -> Code:
+    return Code(value, PRIVATE_SCHEME, meaning)
+
+
+# Segmented structures (SEG): category and property type of each label value's structure.
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
+VERTEBRA = codes.SCT.Vertebra  # 51282000: vertebral bone whose level was not identified
+LEVEL_CODES: dict[str, Code] = {
+    "T11": codes.SCT.T11Vertebra,
+    "T12": codes.SCT.T12Vertebra,
+    "L1": codes.SCT.L1Vertebra,  # 66794005
+    "L2": codes.SCT.L2Vertebra,  # 14293000
+    "L3": codes.SCT.L3Vertebra,  # 36470004
+    "L4": codes.SCT.L4Vertebra,  # 11994002
+    "L5": codes.SCT.L5Vertebra,  # 49668003
+    "L6": VERTEBRA,  # no code for a sixth lumbar vertebra; its label says "L6 (transitional)"
+    "S1": codes.SCT.Sacrum,  # 54735007
+}
+INTERVERTEBRAL_DISC = Code("360499006", "SCT", "Intervertebral disc")
+SPINAL_CANAL = codes.SCT.VertebralCanal  # 61853006
+LUMBAR_SPINE = codes.SCT.LumbarSpine  # 122496007
+ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence  # 123110, CID 7162
+
+# Measurement report (SR)
+IMAGING_PROCEDURE = codes.SCT.ImagingProcedure  # 363679005, CID 100
+COBB_ANGLE = codes.SCT.CobbAngle  # 285285000
+DEGREE = Code("deg", "UCUM", "degree")
+NO_UNITS = Code("1", "UCUM", "no units")
+PROBABILITY = codes.DCM.Probability  # 122157
+DEVICE = codes.DCM.Device
+COBB_METHOD = private("COBB-L1S1-SUP", "Cobb L1-S1 superior endplates")
+LORDOSIS_CLASS = private("LORDOSIS-CLASS", "Lumbar lordosis class")
+CNN_LORDOSIS_CLASS = private("CNN-LORDOSIS", "Lumbar lordosis class by CNN (second opinion)")
+QUALITY_FLAG = private("QUALITY-FLAG", "Quality flag")
+
+CLASS_CODES: dict[str, Code] = {
+    "hypolordosis": private("HYPOLORDOSIS", "Hypolordosis"),
+    "normal": private("NORMOLORDOSIS", "Normal lumbar lordosis"),
+    "hyperlordosis": private("HYPERLORDOSIS", "Hyperlordosis"),
+}
+NORMALITY: dict[str, Code] = {  # CID 222
+    "hypolordosis": codes.SCT.AbnormallyLow,
+    "normal": codes.SCT.Normal,
+    "hyperlordosis": codes.SCT.AbnormallyHigh,
+}
+
+# What each quality flag means (pipeline.analysis, pipeline.identify, the loader, the worker).
+# A flag "name:detail" is coded by its whole text; its meaning is the description of `name`
+# followed by the detail.
+FLAG_MEANINGS: dict[str, str] = {
+    "l1_not_found": "L1 not identified; LLA not measured",
+    "s1_not_found": "S1 not identified; LLA not measured",
+    "no_vertebrae_found": "No vertebral body found",
+    "no_discs_found": "No intervertebral disc found",
+    "canal_not_found": "Spinal canal not found",
+    "disc_not_found": "Disc missing between",
+    "possible_transitional_vertebra": "Possible transitional vertebra",
+    "more_vertebrae_than_labelled": "More vertebrae than levels labelled",
+    "l1_cut_by_field_of_view": "L1 cut by the edge of the image",
+    "s1_cut_by_field_of_view": "S1 cut by the edge of the image",
+    "l1_endplate_at_field_of_view_edge": "L1 endplate within 5 mm of the image edge",
+    "anterior_on_the_right": "Anterior on the right; mirrored to measure",
+    "implausible_angle": "Implausible angle",
+    "lla_differs_on_neighbouring_slices": "LLA differs on neighbouring slices",
+    "endplate_fit_poor": "Poor endplate fit",
+    "low_segmentation_confidence": "Low segmentation confidence",
+    "cnn_disagrees_with_measurement": "CNN class differs from the measured class",
+    "pixel_spacing_assumed_1mm": "Pixel spacing assumed 1 mm",
+    "irregular_slice_spacing": "Irregular slice spacing",
+}
+_MAX_MEANING = 64  # CodeMeaning is LO
+
+
+def flag_code(flag: str) -> Code:
+    """The coded value of one quality flag (private scheme; the code value is the flag itself)."""
+    name, _, detail = flag.partition(":")
+    meaning = FLAG_MEANINGS.get(name, name.replace("_", " ").capitalize())
+    if detail:
+        meaning = f"{meaning}: {detail.replace('_', ' ')}"
+    value = re.sub(r"[^A-Za-z0-9_:.\-]", "_", flag)
+    return private(value, meaning[:_MAX_MEANING])
+
+
+def coding_scheme_identification() -> Dataset:
+    """An item of the Coding Scheme Identification Sequence that declares 99LUMBARNODE."""
+    item = Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = PRIVATE_SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = PRIVATE_SCHEME_ORGANISATION
+    return item

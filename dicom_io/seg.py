@@ -1,0 +1,130 @@
+"""The DICOM Segmentation of a series: one segment per structure found.
+
+Input: the loaded Series and a label volume in its canonical layout with the values of
+pipeline.labels (levels, 19 unidentified vertebra, 30 disc, 40 canal). The labels are put
+back onto the source pixels (undoing the loader's transpose/flips) frame by frame, so each
+SEG frame lies exactly on its source frame; highdicom copies the plane positions from the
+source images, so nothing is mirrored or shifted on sagittal or non-square-pixel series.
+
+Choices that viewers need: every source frame is written for every segment, empty or not
+(omitting empty frames has shifted segments in OHIF), and ReferencedSeriesSequence names the
+source series (highdicom writes it; OHIF needs it).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from dicom_io import codes
+from dicom_io.results import Algorithm, Producer
+from dicom_io.series import Series
+from dicom_io.uids import ResultUIDs
+
+SEG_SERIES_DESCRIPTION = "Lumbar spine segmentation (lumbarnode)"
+
+# label value -> (segment label, property type, display colour RGB); segment order follows this
+STRUCTURES: dict[int, tuple[str, Code, tuple[int, int, int]]] = {
+    11: ("T11", codes.LEVEL_CODES["T11"], (255, 120, 120)),
+    12: ("T12", codes.LEVEL_CODES["T12"], (220, 80, 80)),
+    20: ("L1", codes.LEVEL_CODES["L1"], (255, 60, 60)),
+    21: ("L2", codes.LEVEL_CODES["L2"], (255, 160, 0)),
+    22: ("L3", codes.LEVEL_CODES["L3"], (230, 230, 0)),
+    23: ("L4", codes.LEVEL_CODES["L4"], (60, 220, 60)),
+    24: ("L5", codes.LEVEL_CODES["L5"], (0, 160, 220)),
+    25: ("L6 (transitional)", codes.LEVEL_CODES["L6"], (160, 80, 200)),
+    26: ("S1 / sacrum", codes.LEVEL_CODES["S1"], (200, 0, 200)),
+    19: ("Vertebra, level not identified", codes.VERTEBRA, (150, 150, 150)),
+    30: ("Intervertebral discs", codes.INTERVERTEBRAL_DISC, (0, 255, 255)),
+    40: ("Spinal canal", codes.SPINAL_CANAL, (0, 90, 255)),
+}
+
+
+def segment_values(labels: np.ndarray) -> list[int]:
+    """Label values that become segments, in segment order (only structures found)."""
+    present = set(np.unique(labels).tolist())
+    unknown = present - set(STRUCTURES) - {0}
+    if unknown:
+        raise ValueError(f"label values {sorted(unknown)} have no segment definition")
+    return [value for value in STRUCTURES if value in present]
+
+
+def source_frames(series: Series, labels: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
+    """The source images and the labels on their pixels, frame for frame in source order.
+
+    Single-frame images: one per slice, in slice order. One Enhanced MR image: its frames in
+    frame-number order.
+    """
+    if labels.shape != series.shape:
+        raise ValueError(f"labels {labels.shape} do not match the series {series.shape}")
+    on_source = series.in_plane.to_source(labels)
+    if all(ref.frame_number is None for ref in series.slices):
+        return [series.header(ref.sop_instance_uid) for ref in series.slices], on_source
+    instances = {ref.sop_instance_uid for ref in series.slices}
+    if len(instances) != 1:
+        raise ValueError("a SEG can reference one multi-frame image or single-frame images, "
+                         f"this series has {len(instances)} multi-frame images")
+    header = series.header(instances.pop())
+    frames = np.zeros((int(header.NumberOfFrames), *on_source.shape[1:]), on_source.dtype)
+    for index, ref in enumerate(series.slices):
+        frames[ref.frame_number - 1] = on_source[index]
+    return [header], frames
+
+
+def build_segmentation(
+    series: Series,
+    labels: np.ndarray,
+    algorithm: Algorithm,
+    uids: ResultUIDs,
+    producer: Producer = Producer(),
+    series_number: int = 9901,
+) -> hd.seg.Segmentation:
+    """A BINARY DICOM Segmentation of `labels` (canonical layout, values of pipeline.labels)."""
+    sources, frames = source_frames(series, labels)
+    values = segment_values(frames)
+    if not values:
+        raise ValueError("nothing was segmented: a SEG needs at least one segment")
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name, version=algorithm.version, family=codes.ARTIFICIAL_INTELLIGENCE,
+        source="lumbarnode", parameters={"weights_sha256": algorithm.sha256},
+    )
+    descriptions = []
+    numbered = np.zeros(frames.shape, np.uint8)
+    for number, value in enumerate(values, start=1):
+        label, property_type, rgb = STRUCTURES[value]
+        numbered[frames == value] = number
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=codes.ANATOMICAL_STRUCTURE,
+            segmented_property_type=property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm_id,
+            tracking_uid=uids.derive_more("segment", value),
+            tracking_id=label,
+            anatomic_regions=[codes.LUMBAR_SPINE],
+            display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        ))
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=numbered,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.seg_series,
+        series_number=series_number,
+        sop_instance_uid=uids.seg_instance,
+        instance_number=1,
+        manufacturer=producer.manufacturer,
+        manufacturer_model_name=producer.model_name,
+        software_versions=producer.software_version,
+        device_serial_number=producer.device_serial_number,
+        content_label="LUMBAR_SPINE",
+        content_description="Vertebrae L1-L5, S1, discs and spinal canal (automatic)",
+        series_description=SEG_SERIES_DESCRIPTION,
+        omit_empty_frames=False,
+    )
+    if producer.institution_name:
+        seg.InstitutionName = producer.institution_name
+    return seg
