@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID
 
 from dicom_io.geometry import SAGITTAL_IOP, InPlaneFlip, PlaneGrid
+from dicom_io.results import software_version
 from dicom_io.uids import derived_uid
 
 SOFTWARE_NAME = "lumbarnode"
@@ -134,7 +135,7 @@ def build_mr_datasets(
         # General Equipment
         ds.Manufacturer = info.manufacturer
         ds.InstitutionName = info.institution_name
-        ds.SoftwareVersions = _software_version()
+        ds.SoftwareVersions = software_version()
         # General Image
         ds.InstanceNumber = index + 1
         ds.ImageType = list(info.image_type)
@@ -174,7 +175,7 @@ def build_mr_datasets(
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta.ImplementationVersionName = f"{SOFTWARE_NAME}_{_software_version()}"[:16]
+        ds.file_meta.ImplementationVersionName = f"{SOFTWARE_NAME}_{software_version()}"[:16]
         datasets.append(ds)
     return datasets
 
@@ -207,12 +208,3 @@ def _ds(value: float) -> str:
     """A Decimal String of at most 16 characters."""
     text = f"{value:.6g}"
     return "0" if text in ("-0", "-0.0") else text
-
-
-def _software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lumbarnode")
-    except PackageNotFoundError:
-        return "0+unknown"

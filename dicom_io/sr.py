@@ -1,8 +1,8 @@
 """The Structured Report: a TID 1500 Measurement Report of the lumbar lordosis angle.
 
-Comprehensive 3D SR (the SOP class OHIF's own measurement export writes and reads back,
-and that highdicom, dcmqi and 3D Slicer use for TID 1500; it carries the 2-D image
-coordinates used here as well as 3-D ones). The content:
+Comprehensive 3D SR: OHIF opens it as it opens Comprehensive SR, highdicom, dcmqi (3D
+Slicer) and Slim use it for TID 1500, and it carries the 2-D image coordinates used here as
+well as 3-D ones. The content:
 
 - Measurement group "Lumbar lordosis angle": the Cobb angle (SCT 285285000) in UCUM `deg`,
   finding site lumbar spine, method "Cobb L1-S1 superior endplates", normality (CID 222),

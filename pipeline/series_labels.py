@@ -1,11 +1,12 @@
 """Per-level labels on every slice of a series, carried out from the measured slice.
 
 Levels are identified on one slice (the measured one, where the disc count from the sacrum
-is most reliable). A vertebral body spans several sagittal slices, so each neighbouring
-slice inherits the level of the body it overlaps in the slice next to it, outward in both
-directions. A piece of bone that overlaps no labelled body, or two of them alike (two
-bodies merged where a disc is not visible), stays "vertebra, level not identified" (19):
-a level is never guessed.
+is most reliable). A vertebral body spans several sagittal slices, so a bone pixel of the
+next slice takes the level found at the same pixel of the slice before it, outward in both
+directions; bone within a few pixels of such a pixel takes the nearest one's level (a body
+narrows or shifts slightly from slice to slice). Bone that touches no labelled body, such as
+posterior elements, stays "vertebra, level not identified" (19): a level comes from an
+identified body or not at all.
 
 Arrays in, arrays out: the network's class maps (slices, rows, cols) and the label map of
 the measured slice (values of pipeline.labels) -> a label volume with the same values.
@@ -19,37 +20,28 @@ import numpy as np
 from pipeline.labels import CANAL, CANAL_VALUE, DISC, DISC_VALUE, LEVEL_VALUES, UNIDENTIFIED_VERTEBRA, VERTEBRA
 
 _LEVEL_VALUE_SET = np.array(sorted(LEVEL_VALUES.values()), np.uint8)
-MIN_OVERLAP = 0.3  # share of a piece that must lie on one labelled body in the slice before
-MAX_RIVAL = 0.25  # a second body may cover at most this share of what the first covers
+MAX_GROWTH_PX = 3  # how far a level may reach into bone the slice before did not label
 
 
-def label_slice(class_map: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def label_slice(class_map: np.ndarray, reference: np.ndarray, max_growth_px: int = MAX_GROWTH_PX) -> np.ndarray:
     """Label one slice's class map with the levels of the adjacent, already-labelled slice."""
     out = np.zeros(class_map.shape, np.uint8)
     out[class_map == CANAL] = CANAL_VALUE
     out[class_map == DISC] = DISC_VALUE
-    bone = (class_map == VERTEBRA).astype(np.uint8)
-    count, pieces = cv2.connectedComponents(bone, connectivity=8)
-    out[bone > 0] = UNIDENTIFIED_VERTEBRA
-    for piece in range(1, count):
-        where = pieces == piece
-        level = _inherited_level(reference[where], int(where.sum()))
-        if level is not None:
-            out[where] = level
+    bone = class_map == VERTEBRA
+    out[bone] = UNIDENTIFIED_VERTEBRA
+    inherited = bone & np.isin(reference, _LEVEL_VALUE_SET)
+    if not inherited.any():
+        return out
+    out[inherited] = reference[inherited]
+    # The rest of the bone takes the level of the nearest inherited pixel, if it is near.
+    distance, nearest = cv2.distanceTransformWithLabels(
+        (~inherited).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    level_of_seed = np.zeros(int(nearest.max()) + 1, np.uint8)
+    level_of_seed[nearest[inherited]] = reference[inherited]
+    grow = bone & ~inherited & (distance <= max_growth_px)
+    out[grow] = level_of_seed[nearest[grow]]
     return out
-
-
-def _inherited_level(reference_values: np.ndarray, area: int) -> int | None:
-    levels = reference_values[np.isin(reference_values, _LEVEL_VALUE_SET)]
-    if levels.size == 0:
-        return None
-    values, counts = np.unique(levels, return_counts=True)
-    order = np.argsort(counts)[::-1]
-    best = counts[order[0]]
-    rival = counts[order[1]] if len(order) > 1 else 0
-    if best < MIN_OVERLAP * area or rival > MAX_RIVAL * best:
-        return None
-    return int(values[order[0]])
 
 
 def series_label_volume(class_maps: np.ndarray, measured_index: int, measured_labels: np.ndarray) -> np.ndarray:

@@ -117,5 +117,6 @@ def test_demo_runs_the_longest_existing_path(tmp_path):
     assert "not built yet" in out  # it says what it is not doing
     assert out.count("sagittal") >= 1 and "LLA 47.00 deg (normal)" in out
     # the shipped networks measured the phantom (47 deg by construction) and the real volume ran
-    assert out.count("$ lumbarnode analyze") == 2 and "; CNN " in out
-    assert (tmp_path / "phantom" / "overlay.png").is_file() and (tmp_path / "phantom" / "mask.png").is_file()
+    assert out.count("$ lumbarnode process") == 2 and "; CNN " in out
+    for name in ("seg.dcm", "sr.dcm", "key.dcm", "result.json"):
+        assert (tmp_path / "phantom" / "results" / name).is_file()

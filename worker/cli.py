@@ -6,15 +6,9 @@ import argparse
 import json
 import sys
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-
-def _version() -> str:
-    try:
-        return version("lumbarnode")
-    except PackageNotFoundError:
-        return "0+unknown"
+from dicom_io.results import software_version
 
 
 def _pair(text: str, cast=float) -> tuple:
@@ -168,24 +162,23 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The longest end-to-end path that exists today: make studies, load them as the node will,
-    and measure them with the shipped networks."""
+    run the method and write the DICOM results a PACS would receive."""
     from training.real_data import shared_data_dir
     from worker.analyze import EXIT_NOT_MEASURED
 
     out = Path(args.out or tempfile.mkdtemp(prefix="lumbarnode-demo-"))
-    print("lumbarnode demo: the DICOM node (listener, queue, worker, export) is not built yet;")
+    print("lumbarnode demo: the DICOM node (listener, queue, export) is not built yet;")
     print("this demo generates a synthetic study and wraps a real one, loads both as the worker will,")
-    print("and measures them with the shipped networks.\n")
+    print("measures them with the shipped networks and writes the SEG, SR and key image for the PACS.\n")
     phantom = out / "phantom"
     steps = [["phantom", "--out", str(phantom), "--lla", "47", "--seed", "1001", "--spacing", "0.6x0.9",
               "--size", "448x320"],
              ["inspect", str(phantom / "dicom")],
-             ["analyze", str(phantom / "dicom"), "--mask-out", str(phantom / "mask.png"),
-              "--overlay-out", str(phantom / "overlay.png")]]
+             ["process", str(phantom / "dicom"), "--out", str(phantom / "results")]]
     real = shared_data_dir() / "fastmonai-t2-volume" / "img.nii.gz"
     if real.is_file():
         steps += [["wrap", str(real), "--out", str(out / "real")], ["inspect", str(out / "real" / "dicom")],
-                  ["analyze", str(out / "real" / "dicom"), "--overlay-out", str(out / "real" / "overlay.png")]]
+                  ["process", str(out / "real" / "dicom"), "--out", str(out / "real" / "results")]]
     else:
         print(f"(no real data at {real.parent}: skipping the real-volume step)\n")
     for step in steps:
@@ -193,15 +186,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         code = main(step)
         print()
         # a spine found but not measured is a result (flags say why), not a failed demo
-        if code and not (step[0] == "analyze" and code == EXIT_NOT_MEASURED):
+        if code and not (step[0] == "process" and code == EXIT_NOT_MEASURED):
             return code
-    print(f"demo output in {out}")
+    print(f"demo output in {out}: each results/ folder holds seg.dcm, sr.dcm, key.dcm and result.json")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lumbarnode", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"lumbarnode {_version()}")
+    parser.add_argument("--version", action="version", version=f"lumbarnode {software_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("phantom", help="write a synthetic sagittal lumbar MR study with exact ground truth")

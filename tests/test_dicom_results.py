@@ -1,0 +1,349 @@
+"""DICOM SEG, TID 1500 SR and key image: validated by dciodvfy and dsrdump, read back by
+highdicom, and checked pixel by pixel against the source images as stored.
+
+The builders take plain data (a label volume, a LordosisFinding), so these tests need no
+network: the "segmentation" is a known asymmetric shape, written into the MR pixels too, so
+that each SEG frame can be compared with its source image read straight from disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes as pydicom_codes
+
+from dicom_io import codes
+from dicom_io.geometry import InPlaneFlip
+from dicom_io.key_image import build_key_image
+from dicom_io.mr_writer import MRSeriesInfo, Patient, build_mr_datasets
+from dicom_io.results import Algorithm, LordosisFinding
+from dicom_io.seg import STRUCTURES, build_segmentation
+from dicom_io.series import SliceRef, load_series
+from dicom_io.sr import build_report, endplate_polyline
+from dicom_io.uids import ResultUIDs, check_root, derived_uid
+from tests.conftest import require_tool
+from tests.test_series_loader import enhanced_from, save
+
+SPACING = (0.6, 0.9)  # anisotropic: rows 0.6 mm apart, columns 0.9 mm
+POSITIONS = [-4.4, 0.0, 4.4]
+SHAPE = (len(POSITIONS), 64, 48)
+UNET = Algorithm("unet_4class", "1.0.0", "a" * 64)
+CNN = Algorithm("deteclordose", "1.0.0", "b" * 64)
+PATIENT = Patient(name="RESULTS^TEST", id="RESULTS-1")
+
+
+def asymmetric_labels() -> np.ndarray:
+    """Canonical labels with no symmetry: an L-shaped "L1", a corner "canal", a bar "S1",
+    shifted by one row per slice so that slice order matters too."""
+    labels = np.zeros(SHAPE, np.uint8)
+    for k in range(SHAPE[0]):
+        labels[k, 5 + k:20 + k, 4:9] = 20  # the L's stem, top left
+        labels[k, 16 + k:20 + k, 9:22] = 20  # its foot, to the right
+        labels[k, 2:6, 40:46] = 40  # top right corner
+        labels[k, 50:58, 10 + 2 * k:30] = 26
+    return labels
+
+
+def write_series(folder: Path, labels: np.ndarray, flip: InPlaneFlip = InPlaneFlip(), enhanced: bool = False) -> Path:
+    """MR pixels = 1000 + 10 * label value, so every label can be read back from the stored pixels."""
+    volume = (1000 + 10 * labels.astype(np.uint16)).astype(np.uint16)
+    info = MRSeriesInfo(key=f"results-test-{flip}-{enhanced}", patient=PATIENT, series_number=7)
+    datasets = build_mr_datasets(volume, SPACING, POSITIONS, info, in_plane=flip)
+    return save([enhanced_from(datasets)] if enhanced else datasets, folder)
+
+
+def finding_for(series, endplates=None, lla=47.0, flags=("endplate_fit_poor:L1",)) -> LordosisFinding:
+    return LordosisFinding(
+        measured_slice=series.slices[1], lla_deg=lla, lla_class=None if lla is None else "normal",
+        thresholds_deg=(39.0, 53.0),
+        endplates={"L1": ((5.0, 4.0), (6.5, 20.0)), "S1": ((50.0, 12.0), (44.0, 29.5))} if endplates is None else endplates,
+        flags=flags, segmentation=UNET, classifier=CNN, cnn_class="normal",
+        cnn_probabilities={"hypolordosis": 0.1, "normal": 0.7, "hyperlordosis": 0.2}, levels=("L1", "S1"),
+    )
+
+
+def uids_for(series) -> ResultUIDs:
+    return ResultUIDs.derive(series.series_instance_uid, [s.sop_instance_uid for s in series.slices], UNET.sha256)
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    out = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+    lines = (out.stdout + out.stderr).splitlines()
+    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
+
+
+# The one warning we accept: dicom3tools knows the registered coding schemes only; a private
+# scheme (99...) is allowed by PS3.16 section 8 and is declared in the Coding Scheme
+# Identification Sequence.
+PRIVATE_SCHEME_WARNING = "Unrecognized defined term <99LUMBARNODE> for value 1 of attribute <Coding Scheme Designator>"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One series with its SEG, SR and key image written to disk."""
+    folder = tmp_path_factory.mktemp("built")
+    labels = asymmetric_labels()
+    series = load_series(write_series(folder / "mr", labels))
+    uids = uids_for(series)
+    seg = build_segmentation(series, labels, UNET, uids, series_number=701)
+    sr = build_report(series, finding_for(series), uids, seg, series_number=702)
+    picture = np.zeros((80, 60, 3), np.uint8)
+    picture[10:30, 5:15] = (255, 0, 0)
+    key = build_key_image(series, finding_for(series), picture, uids, series_number=703)
+    paths = {}
+    for kind, ds in (("seg", seg), ("sr", sr), ("key", key)):
+        paths[kind] = folder / f"{kind}.dcm"
+        ds.save_as(paths[kind], enforce_file_format=True)
+    return series, paths, labels
+
+
+# --- SEG -----------------------------------------------------------------------------------
+
+def seg_frames_by_source(seg: pydicom.Dataset) -> dict[tuple[str, int | None, int], np.ndarray]:
+    """(source SOP instance, source frame, segment number) -> the SEG frame, read from the raw
+    functional groups (not through highdicom's own reader)."""
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    out = {}
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        frame_number = int(source.ReferencedFrameNumber) if "ReferencedFrameNumber" in source else None
+        out[(source.ReferencedSOPInstanceUID, frame_number, number)] = pixels[index]
+    return out
+
+
+def segment_numbers(seg: pydicom.Dataset) -> dict[str, int]:
+    return {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
+
+
+@pytest.mark.parametrize("flip", [InPlaneFlip(*f) for f in itertools.product((False, True), repeat=3)],
+                         ids=lambda f: f"T{int(f.transpose)}R{int(f.flip_rows)}C{int(f.flip_cols)}")
+def test_seg_frames_lie_exactly_on_their_source_frames(tmp_path, flip):
+    """Whatever layout the scanner stored (transposed, mirrored), each SEG frame equals the
+    label drawn into the pixels of the source image it references, read straight from disk."""
+    labels = asymmetric_labels()
+    folder = write_series(tmp_path / "mr", labels, flip)
+    series = load_series(folder)
+    seg = build_segmentation(series, labels, UNET, uids_for(series))
+    seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    frames = seg_frames_by_source(seg)
+    numbers = segment_numbers(seg)
+    assert set(numbers) == {"L1", "S1 / sacrum", "Spinal canal"}
+    for path in sorted(folder.iterdir()):
+        source = pydicom.dcmread(path)
+        stored = source.pixel_array
+        for label, value in (("L1", 20), ("S1 / sacrum", 26), ("Spinal canal", 40)):
+            frame = frames[(source.SOPInstanceUID, None, numbers[label])]
+            np.testing.assert_array_equal(frame.astype(bool), stored == 1000 + 10 * value)
+    # The planes are the sources' planes: same position and orientation, same pixel spacing.
+    by_uid = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in folder.iterdir()}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source = by_uid[frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
+                                   source.ImagePositionPatient, atol=1e-4)
+        np.testing.assert_allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient,
+                                   source.ImageOrientationPatient, atol=1e-6)
+        np.testing.assert_allclose(shared.PixelMeasuresSequence[0].PixelSpacing, source.PixelSpacing)
+
+
+def test_seg_of_an_enhanced_mr_references_each_frame(tmp_path):
+    labels = asymmetric_labels()
+    folder = write_series(tmp_path / "mr", labels, InPlaneFlip(True, False, True), enhanced=True)
+    series = load_series(folder)
+    seg = build_segmentation(series, labels, UNET, uids_for(series))
+    seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    errors, _ = dciodvfy(tmp_path / "seg.dcm")
+    assert errors == []
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    source = pydicom.dcmread(next(folder.iterdir()))
+    stored = source.pixel_array
+    frames, numbers = seg_frames_by_source(seg), segment_numbers(seg)
+    for frame_number in range(1, int(source.NumberOfFrames) + 1):
+        frame = frames[(source.SOPInstanceUID, frame_number, numbers["L1"])]
+        np.testing.assert_array_equal(frame.astype(bool), stored[frame_number - 1] == 1200)
+
+
+def test_seg_is_valid_and_says_what_each_segment_is(built):
+    series, paths, _ = built
+    errors, warnings = dciodvfy(paths["seg"])
+    assert errors == [] and warnings == []
+    seg = pydicom.dcmread(paths["seg"])
+    source = series.headers[0]
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert (seg.PatientName, seg.PatientID) == (source.PatientName, source.PatientID)
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.SOPInstanceUID not in {s.sop_instance_uid for s in series.slices}
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid  # OHIF needs it
+    assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == {
+        s.sop_instance_uid for s in series.slices}
+    assert seg.SeriesDescription and seg.Manufacturer == "lumbarnode" and seg.SoftwareVersions
+    # every source frame for every segment, empty or not (OHIF shifted segments when frames were omitted)
+    assert int(seg.NumberOfFrames) == len(seg.SegmentSequence) * len(series.slices)
+    by_label = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
+    expected = {"L1": "66794005", "S1 / sacrum": "54735007", "Spinal canal": "61853006"}
+    for label, code in expected.items():
+        segment = by_label[label]
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == code
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"  # anatomical structure, CID 7150
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == (UNET.name, UNET.version)
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # artificial intelligence
+        assert UNET.sha256 in algorithm.AlgorithmParameters
+        assert "RecommendedDisplayCIELabValue" in segment
+
+
+def test_level_codes_are_the_snomed_codes_of_the_issue():
+    expected = {"L1": "66794005", "L2": "14293000", "L3": "36470004", "L4": "11994002", "L5": "49668003",
+                "S1": "54735007", "T12": "23215003", "T11": "12989004"}
+    assert {k: codes.LEVEL_CODES[k].value for k in expected} == expected
+    assert {v for v, *_ in STRUCTURES.values()} >= {"L1", "L5", "Intervertebral discs", "Spinal canal"}
+
+
+def test_a_label_without_a_segment_definition_is_refused():
+    labels = asymmetric_labels()
+    labels[0, 0, 0] = 77
+    with pytest.raises(ValueError, match="77"):
+        from dicom_io.seg import segment_values
+        segment_values(labels)
+
+
+# --- SR --------------------------------------------------------------------------------------
+
+def test_sr_is_valid_with_only_the_private_scheme_warning(built):
+    _, paths, _ = built
+    errors, warnings = dciodvfy(paths["sr"])
+    assert errors == []
+    assert warnings and all(PRIVATE_SCHEME_WARNING in w for w in warnings)
+
+
+def test_dsrdump_shows_the_angle_where_a_tid_1500_reader_looks(built):
+    _, paths, _ = built
+    out = subprocess.run([require_tool("dsrdump"), "+Pc", "+Pl", "+Pu", str(paths["sr"])], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert '<CONTAINER:(126000,DCM,"Imaging Measurement Report")=CONTINUOUS>' in text
+    [value] = re.findall(r'<contains NUM:\(285285000,SCT,"Cobb angle"\)="([0-9.]+)" \(deg,UCUM,"degree"\)>', text)
+    assert float(value) == 47.0
+    assert '<has concept mod CODE:(363589002,DCM,"Finding Site")=(122496007,SCT,"Lumbar spine")>' in text \
+        or '(122496007,SCT,"Lumbar spine")' in text
+    assert '(17621005,SCT,"Normal")' in text  # CID 222 normality
+    assert '"Cobb L1-S1 superior endplates"' in text
+    assert "SCOORD" in text and "POLYLINE" in text
+    assert f'"weights_sha256={UNET.sha256}"' in text
+
+
+def test_highdicom_reads_back_the_angle_class_lines_and_references(built):
+    series, paths, _ = built
+    sr = hd.sr.srread(paths["sr"])
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.StudyInstanceUID == series.study_instance_uid and sr.PatientID == PATIENT.id
+    report = sr.content
+    [group] = report.get_planar_roi_measurement_groups()
+    assert group.tracking_uid and "Lumbar lordosis angle" in group.tracking_identifier
+    [angle] = group.get_measurements(name=pydicom_codes.SCT.CobbAngle)
+    assert angle.value == pytest.approx(47.0)
+    assert angle.unit.value == "deg" and angle.unit.scheme_designator == "UCUM"
+    evaluations = {e.name.value: e.value for e in group.get_qualitative_evaluations()}
+    assert evaluations["LORDOSIS-CLASS"].value == "NORMOLORDOSIS"
+    flags = [e.value.value for e in group.get_qualitative_evaluations(name=codes.QUALITY_FLAG)]
+    assert flags == ["endplate_fit_poor:L1"]
+    region = group.roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    # (column, row) + 0.5 of the L1 then S1 endplate ends, on the measured source image
+    np.testing.assert_allclose(region.value, [[4.5, 5.5], [20.5, 7.0], [12.5, 50.5], [30.0, 44.5]], atol=1e-4)
+    source = region.ContentSequence[0].ReferencedSOPSequence[0]
+    assert source.ReferencedSOPInstanceUID == series.slices[1].sop_instance_uid
+    # the second opinion
+    [cnn] = report.get_image_measurement_groups()
+    [probability] = cnn.get_measurements(name=pydicom_codes.DCM.Probability)
+    assert probability.value == pytest.approx(0.7)
+    assert cnn.get_qualitative_evaluations()[0].value.value == "NORMOLORDOSIS"
+    # the levels, each pointing at its segment in the SEG
+    seg = pydicom.dcmread(paths["seg"])
+    volumetric = report.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in volumetric] == ["L1 vertebra", "S1 vertebra"]
+    numbers = segment_numbers(seg)
+    for group, label in zip(volumetric, ("L1", "S1 / sacrum")):
+        reference = group.referenced_segment
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert list(reference.referenced_segment_numbers) == [numbers[label]]
+        assert reference.source_series_for_segmentation.value == series.series_instance_uid
+    evidence = {item.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for series_item in s.ReferencedSeriesSequence for item in series_item.ReferencedSOPSequence}
+    assert seg.SOPInstanceUID in evidence
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == codes.PRIVATE_SCHEME
+
+
+def test_sr_without_l1_has_no_angle_and_says_why(tmp_path, built):
+    series, _, _ = built
+    finding = finding_for(series, endplates={"S1": ((50.0, 12.0), (44.0, 29.5))}, lla=None,
+                          flags=("l1_not_found",))
+    sr = build_report(series, finding, uids_for(series))
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    errors, _ = dciodvfy(tmp_path / "sr.dcm")
+    assert errors == []
+    report = hd.sr.srread(tmp_path / "sr.dcm").content
+    assert report.get_planar_roi_measurement_groups() == []
+    groups = report.get_image_measurement_groups()
+    lla_group = next(g for g in groups if "Lumbar lordosis angle" in g.tracking_identifier)
+    assert lla_group.get_measurements() == []
+    assert [e.value.value for e in lla_group.get_qualitative_evaluations(name=codes.QUALITY_FLAG)] == ["l1_not_found"]
+    text = subprocess.run([require_tool("dsrdump"), str(tmp_path / "sr.dcm")], capture_output=True, text=True).stdout
+    assert "NUM" not in text.split("Deteclordose")[0]  # no number before the second-opinion group
+
+
+def test_endplate_polyline_is_l1_then_s1_in_column_row_order_at_pixel_centres():
+    finding = LordosisFinding(SliceRef("1.2", "1.2.3", None), 40.0, "normal", (39.0, 53.0),
+                              {"S1": ((10.0, 1.0), (12.0, 3.0)), "L1": ((0.0, 0.0), (2.0, 5.0))}, (), UNET)
+    np.testing.assert_allclose(endplate_polyline(finding), [[0.5, 0.5], [5.5, 2.5], [1.5, 10.5], [3.5, 12.5]])
+
+
+# --- key image -------------------------------------------------------------------------------
+
+def test_key_image_is_a_valid_derived_secondary_capture_of_the_study(built):
+    series, paths, _ = built
+    errors, warnings = dciodvfy(paths["key"])
+    assert errors == [] and warnings == []
+    key = pydicom.dcmread(paths["key"])
+    assert key.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert list(key.ImageType)[:2] == ["DERIVED", "SECONDARY"] and key.BurnedInAnnotation == "YES"
+    assert "not for primary diagnosis" in key.ImageComments
+    assert key.StudyInstanceUID == series.study_instance_uid and key.PatientID == PATIENT.id
+    assert key.SourceImageSequence[0].ReferencedSOPInstanceUID == series.slices[1].sop_instance_uid
+    assert key.pixel_array[20, 10].tolist() == [255, 0, 0]
+
+
+# --- UIDs ------------------------------------------------------------------------------------
+
+def test_result_uids_are_deterministic_and_new_for_new_inputs():
+    a = ResultUIDs.derive("1.2.3", ["1.2.3.1", "1.2.3.2"], "sha")
+    assert a == ResultUIDs.derive("1.2.3", ["1.2.3.2", "1.2.3.1"], "sha")  # order of arrival does not matter
+    assert a.sr_instance != ResultUIDs.derive("1.2.3", ["1.2.3.1", "1.2.3.2", "1.2.3.3"], "sha").sr_instance
+    assert a.sr_instance != ResultUIDs.derive("1.2.3", ["1.2.3.1", "1.2.3.2"], "other weights").sr_instance
+    values = [a.seg_series, a.seg_instance, a.sr_series, a.sr_instance, a.key_series, a.key_instance]
+    assert len(set(values)) == 6 and all(v.startswith("2.25.") for v in values)
+
+
+def test_uids_under_an_organisation_root_are_valid_uids():
+    root = "1.2.826.0.1.3680043.10.999"
+    uids = ResultUIDs.derive("1.2.3", ["4"], "sha", root=root)
+    for uid in (uids.seg_instance, uids.derive_more("tracking", "lla")):
+        assert uid.startswith(root + ".") and len(uid) <= 64
+        assert pydicom.uid.UID(uid).is_valid
+    assert len(derived_uid("x", root="1." + "2" * 38)) == 64
+    for bad in ("1.02.3", "abc", "1..2", "1." + "2" * 45):
+        with pytest.raises(ValueError):
+            check_root(bad)
