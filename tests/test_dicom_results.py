@@ -205,6 +205,16 @@ def test_seg_is_valid_and_says_what_each_segment_is(built):
         assert "RecommendedDisplayCIELabValue" in segment
 
 
+def test_highdicom_reads_the_seg_back_to_the_same_masks(built):
+    series, paths, labels = built
+    seg = hd.seg.segread(paths["seg"])
+    numbers = segment_numbers(seg)
+    uids = [s.sop_instance_uid for s in series.slices]
+    for label, value in (("L1", 20), ("S1 / sacrum", 26), ("Spinal canal", 40)):
+        masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[numbers[label]])
+        np.testing.assert_array_equal(masks[..., 0].astype(bool), labels == value)  # stored as written: no flip
+
+
 def test_level_codes_are_the_snomed_codes_of_the_issue():
     expected = {"L1": "66794005", "L2": "14293000", "L3": "36470004", "L4": "11994002", "L5": "49668003",
                 "S1": "54735007", "T12": "23215003", "T11": "12989004"}

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes as pydicom_codes
 
+from dicom_io import codes
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from tests.test_dicom_results import PRIVATE_SCHEME_WARNING, dciodvfy, seg_frames_by_source, segment_numbers
 from training.phantom import PhantomParams
@@ -129,3 +130,33 @@ def test_a_refused_series_writes_no_dicom_and_says_why(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["result.json"]
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["refused"].startswith("not_sagittal") and result["lla_deg"] is None
+
+
+def test_a_spine_without_l1_gets_an_sr_without_an_angle_that_says_why(study, tmp_path):
+    """The image above L2 blanked out: no L1 to measure from, so no number, exit 3."""
+    import shutil
+
+    folder = tmp_path / "dicom"
+    shutil.copytree(study.dicom_dir, folder)
+    labels = np.load(study.labels_path)["labels"]
+    below_l1 = int(np.nonzero((labels == 20).any(axis=(0, 2)))[0].max()) + 3
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.copy()
+        pixels[:below_l1] = 0
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(path)
+    done = subprocess.run([LUMBARNODE, "process", str(folder), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["lla_deg"] is None and "l1_not_found" in result["flags"] and "L1" not in result["vertebrae"]
+    assert dciodvfy(tmp_path / "out" / "sr.dcm")[0] == []
+    report = hd.sr.srread(tmp_path / "out" / "sr.dcm").content
+    assert report.get_planar_roi_measurement_groups() == []
+    for group in report.get_image_measurement_groups():
+        assert group.get_measurements(name=pydicom_codes.SCT.CobbAngle) == []
+    flags = [e.value.value for g in report.get_image_measurement_groups()
+             for e in g.get_qualitative_evaluations(name=codes.QUALITY_FLAG)]
+    assert "l1_not_found" in flags
+    assert "L1" not in segment_numbers(pydicom.dcmread(tmp_path / "out" / "seg.dcm"))
