@@ -14,7 +14,10 @@ from training.real_data import shared_data_dir
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    """The system's tool (Debian's DCMTK, dicom3tools), never a same-named script in the
+    virtual environment: pynetdicom 3 installs its own `storescu`, `storescp`, `echoscu`."""
+    system = [f"{folder}/{name}" for folder in ("/usr/bin", "/usr/sbin", "/usr/local/bin")]
+    path = next((p for p in system if Path(p).is_file()), None) or shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is not installed: run `make test`, which installs the Debian packages")
     return path

@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes as pydicom_codes
 
 from dicom_io import codes
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
+from tests.conftest import require_tool
 from tests.test_dicom_results import PRIVATE_SCHEME_WARNING, dciodvfy, seg_frames_by_source, segment_numbers
 from training.phantom import PhantomParams
 from training.studies import write_phantom_study
@@ -43,7 +44,7 @@ def processed(study, tmp_path_factory):
 def test_process_writes_valid_seg_sr_and_key_image(processed):
     done, out = processed
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["key.dcm", "result.json", "seg.dcm", "sr.dcm"]
+    assert sorted(p.name for p in out.iterdir()) == ["key.dcm", "overlay.png", "result.json", "seg.dcm", "sr.dcm"]
     for name in ("seg.dcm", "key.dcm"):
         assert dciodvfy(out / name) == ([], []), name
     errors, warnings = dciodvfy(out / "sr.dcm")
@@ -68,7 +69,7 @@ def test_sr_angle_and_class_are_those_of_result_json_and_close_to_the_truth(proc
     assert image.ReferencedSOPInstanceUID == result["sop_instance_uid"]
     assert result["outputs"]["sr"]["sop_instance_uid"] == sr.SOPInstanceUID
     model = result["model"]
-    text = subprocess.run(["dsrdump", "+Pl", str(out / "sr.dcm")], capture_output=True, text=True).stdout
+    text = subprocess.run([require_tool("dsrdump"), "+Pl", str(out / "sr.dcm")], capture_output=True, text=True).stdout
     assert f"weights_sha256={model['sha256']}" in text and f"weights_sha256={model['classifier']['sha256']}" in text
 
 

@@ -6,7 +6,8 @@ result is mapped back onto the pixels of the input slice for the JSON and the ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -61,6 +62,7 @@ class Measured:
     analysis: Analysis | None
     slices: Slices | None
     class_maps: np.ndarray | None = None  # (slices, rows, cols) network classes, canonical
+    timings: dict[str, float] = field(default_factory=dict)  # inference_s, measurement_s
 
 
 def slices_of(series: Series, pixel_spacing: tuple[float, float] | None = None) -> Slices:
@@ -96,16 +98,21 @@ def run(path: Path, models: Models, settings: Settings,
 
 def measure(slices: Slices, models: Models, settings: Settings) -> Measured:
     """Segment every slice, measure on the best one, add the CNN's opinion."""
+    started = time.perf_counter()
     probabilities = models.segmenter.probabilities(slices.pixels)
+    segmented = time.perf_counter()
     class_maps = probabilities.argmax(axis=-1).astype(np.uint8)
     config = AnalysisConfig(thresholds=Thresholds(settings.lla_low_deg, settings.lla_high_deg))
     analysis = analyze(class_maps, slices.spacing, probabilities, config)
+    measured = time.perf_counter()
+    timings = {"inference_s": segmented - started, "measurement_s": measured - segmented}
     if not analysis.vertebrae:
         result = refusal("no spine found: no vertebral body was identified", models, analysis.flags)
-        return Measured(result, analysis, slices, class_maps)
+        return Measured(result, analysis, slices, class_maps, timings)
     if models.classifier is not None:
         analysis = with_second_opinion(analysis, models.classifier.probabilities(slices.pixels[analysis.slice_index]))
-    return Measured(report(analysis, slices, model_block(models)), analysis, slices, class_maps)
+        timings["inference_s"] += time.perf_counter() - measured
+    return Measured(report(analysis, slices, model_block(models)), analysis, slices, class_maps, timings)
 
 
 def report(analysis: Analysis, slices: Slices, model: dict) -> dict:

@@ -160,36 +160,159 @@ def cmd_process(args: argparse.Namespace) -> int:
     return outputs.code
 
 
+def _settings():
+    from worker.settings import Settings
+
+    return Settings.from_env()
+
+
+def _logging(verbose: bool = False) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # per-association chatter
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from worker.node import run_node
+
+    _logging()
+    return run_node(_settings(), with_workers=True)
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from worker.node import run_node
+
+    _logging()
+    return run_node(_settings(), with_workers=False)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.node import run_worker
+
+    _logging()
+    return run_worker(_settings(), args.queues, args.concurrency)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from db.urls import redact
+
+    settings = _settings()
+    values = settings.as_dict()
+    for key in ("database_url", "broker_url"):
+        values[key] = redact(values[key])
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        width = max(map(len, values))
+        for key, value in values.items():
+            print(f"{key.upper():<{width}}  {value}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from db.migrate import current_revision, upgrade
+    from db.urls import redact
+
+    settings = _settings()
+    if args.action == "upgrade":
+        upgrade(settings.database_url)
+    print(f"{redact(settings.database_url)}: revision {current_revision(settings.database_url)}")
+    return 0
+
+
+def _job_line(job) -> str:
+    lla = "" if job.lla_deg is None else f"{job.lla_deg:6.1f} {job.lla_class or ''}"
+    why = job.reason or ""
+    return (f"{job.id:>6}  {job.created_at:%Y-%m-%d %H:%M:%S}  {job.status:<13} v{job.version:<3} "
+            f"{job.instance_count:>4}  {lla:<20} {why:<24} {job.series_instance_uid}")
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from db import STATUSES, JobStore
+
+    settings = _settings()
+    store = JobStore(settings.database_url)
+    if args.action == "list":
+        since = None
+        if args.since:
+            since = _since(args.since)
+        if args.status and args.status not in STATUSES:
+            print(f"jobs: unknown status {args.status!r}; one of {', '.join(STATUSES)}", file=sys.stderr)
+            return 2
+        found = store.list_jobs(status=args.status, since=since, limit=args.limit)
+        if args.json:
+            print(json.dumps([j.as_dict() for j in found], indent=2))
+            return 0
+        print(f"{'ID':>6}  {'CREATED (UTC)':<19}  {'STATUS':<13} {'VER':<4} {'INST':>4}  {'LLA':<20} "
+              f"{'REASON':<24} SERIES")
+        for job in found:
+            print(_job_line(job))
+        return 0
+    job = store.get_job(args.id)
+    if job is None:
+        print(f"jobs: no job {args.id}", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        info = job.as_dict()
+        info["exports"] = [e.as_dict() for e in store.exports(job.id)]
+        info["events"] = [e.as_dict() for e in store.events(job.id)]
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        for key, value in info.items():
+            if key in ("exports", "events", "instance_uids", "timings"):
+                continue
+            print(f"{key:<22} {value}")
+        print("timings (s)            " + ", ".join(f"{k} {v:.3f}" for k, v in job.timings.items()))
+        for export in info["exports"]:
+            print(f"export #{export['attempt']:<3} {export['started_at']}  {export['status']:<7} "
+                  f"{export['dimse_status'] or ''} {export['error'] or ''}")
+        for event in info["events"]:
+            print(f"event  {event['at']}  {event['kind']:<22} {event['message']}")
+        return 0
+    # retry
+    from worker import tasks
+
+    tasks.configure(settings)
+    if job.status in ("export_failed",) or (job.status == "running" and job.results_dir and args.export_only):
+        tasks.enqueue_export(job.id)
+        store.add_event("retry", "export queued again by an operator", job_id=job.id)
+        print(f"job {job.id}: export queued again (to {job.destination})")
+        return 0
+    if job.status in ("failed", "queued", "running", "done"):
+        store.set_status(job.id, "queued", error=None)
+        tasks.enqueue_process(job.id)
+        store.add_event("retry", f"queued again by an operator (was {job.status})", job_id=job.id)
+        print(f"job {job.id}: queued again (was {job.status})")
+        return 0
+    print(f"jobs: job {job.id} is {job.status}: nothing to retry ({job.reason or ''})", file=sys.stderr)
+    return 2
+
+
+def _since(text: str):
+    """'2026-11-25', '2026-11-25T10:00', or a duration back from now: '30m', '2h', '7d'."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    match = re.fullmatch(r"(\d+)([smhd])", text)
+    if match:
+        seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The longest end-to-end path that exists today: make studies, load them as the node will,
-    run the method and write the DICOM results a PACS would receive."""
-    from training.real_data import shared_data_dir
-    from worker.analyze import EXIT_NOT_MEASURED
+    from worker import demo
 
     out = Path(args.out or tempfile.mkdtemp(prefix="lumbarnode-demo-"))
-    print("lumbarnode demo: the DICOM node (listener, queue, export) is not built yet;")
-    print("this demo generates a synthetic study and wraps a real one, loads both as the worker will,")
-    print("measures them with the shipped networks and writes the SEG, SR and key image for the PACS.\n")
-    phantom = out / "phantom"
-    steps = [["phantom", "--out", str(phantom), "--lla", "47", "--seed", "1001", "--spacing", "0.6x0.9",
-              "--size", "448x320"],
-             ["inspect", str(phantom / "dicom")],
-             ["process", str(phantom / "dicom"), "--out", str(phantom / "results")]]
-    real = shared_data_dir() / "fastmonai-t2-volume" / "img.nii.gz"
-    if real.is_file():
-        steps += [["wrap", str(real), "--out", str(out / "real")], ["inspect", str(out / "real" / "dicom")],
-                  ["process", str(out / "real" / "dicom"), "--out", str(out / "real" / "results")]]
-    else:
-        print(f"(no real data at {real.parent}: skipping the real-volume step)\n")
-    for step in steps:
-        print(f"$ lumbarnode {' '.join(step)}")
-        code = main(step)
-        print()
-        # a spine found but not measured is a result (flags say why), not a failed demo
-        if code and not (step[0] == "process" and code == EXIT_NOT_MEASURED):
-            return code
-    print(f"demo output in {out}: each results/ folder holds seg.dcm, sr.dcm, key.dcm and result.json")
-    return 0
+    print("lumbarnode demo: a stand-in PACS sends a study to the node (serve, embedded defaults),")
+    print("which measures it and sends the SEG, SR and key image back.\n")
+    code = demo.run(out, phantom=args.phantom)
+    print(f"\ndemo output in {out}")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,8 +364,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="evaluate trained networks (lumbarnode evaluate -h)", add_help=False)
     sub.add_parser("package", help="ship two training runs as models/ with a model card", add_help=False)
 
+    p = sub.add_parser("serve", help="the DICOM node: listener and embedded workers (the zero-server default)")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("listen", help="the DICOM listener alone (workers run with `lumbarnode worker`)")
+    p.set_defaults(func=cmd_listen)
+    p = sub.add_parser("worker", help="a Celery worker for the inference and/or export queue")
+    p.add_argument("--queues", default="inference,export", help="comma-separated: inference, export")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("config", help="print the effective settings (passwords hidden)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("db", help="the job database: `db upgrade` runs the migrations, `db status` shows the revision")
+    p.add_argument("action", choices=("upgrade", "status"))
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("jobs", help="what came in, what ran, what was sent: jobs list | show ID | retry ID")
+    jobs = p.add_subparsers(dest="action", required=True)
+    q = jobs.add_parser("list", help="newest first")
+    q.add_argument("--status", help="received, queued, running, done, skipped, failed, export_failed")
+    q.add_argument("--since", help="ISO date/time (UTC) or a duration back from now: 30m, 2h, 7d")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    q = jobs.add_parser("show", help="everything about one job: stages and timings, results, exports, events")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true")
+    q = jobs.add_parser("retry", help="send a job's results again (export_failed) or run it again (failed)")
+    q.add_argument("id", type=int)
+    q.add_argument("--export-only", action="store_true", help="only resend the results of a running job")
+    p.set_defaults(func=cmd_jobs)
+
     p = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
+    p.add_argument("--phantom", action="store_true", help="send a synthetic study instead of the real volume")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_io.errors import SeriesRefused
@@ -45,13 +47,15 @@ class Outputs:
     result: dict
     code: int
     datasets: dict[str, Dataset] = field(default_factory=dict)  # "seg" | "sr" | "key" -> dataset
+    timings: dict[str, float] = field(default_factory=dict)  # inference_s, measurement_s, build_s
+    overlay_rgb: np.ndarray | None = None  # the key image's picture, also for the admin page
 
     @property
     def refused(self) -> bool:
         return self.code == EXIT_REFUSED
 
 
-def process_series(path: Path, models: Models, settings: Settings) -> Outputs:
+def process_series(path: Path | list[Path], models: Models, settings: Settings) -> Outputs:
     try:
         series = load_series(path, require_volume=True, max_obliquity_deg=settings.max_obliquity_deg)
     except SeriesRefused as exc:
@@ -63,7 +67,8 @@ def process_loaded(series: Series, models: Models, settings: Settings) -> Output
     measured = analyze.measure(analyze.slices_of(series), models, settings)
     code = exit_code(measured.result)
     if code == EXIT_REFUSED:
-        return Outputs(measured.result, code)
+        return Outputs(measured.result, code, timings=dict(measured.timings))
+    started = time.perf_counter()
     analysis = measured.analysis
     finding = lordosis_finding(series, measured, models, settings)
     uids = ResultUIDs.derive(series.series_instance_uid, [s.sop_instance_uid for s in series.slices],
@@ -73,14 +78,15 @@ def process_loaded(series: Series, models: Models, settings: Settings) -> Output
     labels = series_label_volume(measured.class_maps, analysis.slice_index, analysis.label_map)
     seg = build_segmentation(series, labels, finding.segmentation, uids, producer, series_number=base + 1)
     datasets = {"seg": seg, "sr": build_report(series, finding, uids, seg, producer, series_number=base + 2)}
+    picture = cv2.cvtColor(analyze.overlay(analysis, measured.slices, notice=KEY_IMAGE_NOTICE), cv2.COLOR_BGR2RGB)
     if settings.key_image:
-        picture = cv2.cvtColor(analyze.overlay(analysis, measured.slices, notice=KEY_IMAGE_NOTICE), cv2.COLOR_BGR2RGB)
         datasets["key"] = build_key_image(series, finding, picture, uids, producer, series_number=base + 3)
     result = dict(measured.result)
     result["outputs"] = {kind: {"series_instance_uid": ds.SeriesInstanceUID, "sop_instance_uid": ds.SOPInstanceUID,
                                 "series_description": ds.SeriesDescription}
                          for kind, ds in datasets.items()}
-    return Outputs(result, code, datasets)
+    timings = {**measured.timings, "build_s": time.perf_counter() - started}
+    return Outputs(result, code, datasets, timings, picture)
 
 
 def lordosis_finding(series: Series, measured: Measured, models: Models, settings: Settings) -> LordosisFinding:
@@ -132,6 +138,9 @@ def write_outputs(outputs: Outputs, out_dir: Path) -> list[Path]:
     written = []
     for kind, ds in outputs.datasets.items():
         written.append(_atomic(out_dir / f"{kind}.dcm", lambda p, ds=ds: ds.save_as(p, enforce_file_format=True)))
+    if outputs.overlay_rgb is not None:
+        png = cv2.imencode(".png", cv2.cvtColor(outputs.overlay_rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+        written.append(_atomic(out_dir / "overlay.png", lambda p: Path(p).write_bytes(png)))
     text = json.dumps(outputs.result, indent=2) + "\n"
     written.append(_atomic(out_dir / "result.json", lambda p: Path(p).write_text(text)))
     return written

@@ -1,0 +1,219 @@
+"""The storage SCP: C-ECHO, and C-STORE of MR images into the spool.
+
+Small pynetdicom event handlers on one AE. Each instance is written to
+`<spool>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` through a temporary file, flushed to
+disk and renamed, before the success status goes back: a success means the instance is on
+disk. The encoded dataset is written as received; only the few elements needed for the path
+are read from it (pydicom parses lazily, nothing else is decoded).
+
+- Calling AE titles not in the allow-list are rejected at association time (pynetdicom's
+  `require_calling_aet`), and so is a wrong called AE title.
+- SOP classes we store: MR and Enhanced MR images and what a PACS sends with them
+  (presentation states, SR, key objects, secondary captures, spectroscopy, raw data); any
+  other storage SOP class gets the refusal status 0x0122 (SOP class not supported) instead
+  of an abort, so that a PACS pushing a mixed study sees clearly what was not taken.
+- A duplicate SOP Instance UID is answered with success and keeps the file already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+log = logging.getLogger("lumbarnode.scp")
+
+MR_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+}
+COMPANION_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4.2",  # MR Spectroscopy Storage
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data Storage
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+}
+STORED_CLASSES = MR_IMAGE_CLASSES | COMPANION_CLASSES
+
+SUCCESS = 0x0000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One instance safely in the spool."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    calling_ae: str
+    association: int  # an id of the association it came on
+    duplicate: bool
+    received_at: float  # time.monotonic()
+
+
+def spool_path(spool: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+    return spool / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+
+def is_uid(value: object) -> bool:
+    """A syntactically valid UID, which is also safe as a file name."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temporary file in the same folder, flushed to disk, then renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class StorageSCP:
+    """The node's DICOM listener. Callbacks are called from pynetdicom's threads."""
+
+    def __init__(
+        self,
+        ae_title: str,
+        spool: Path,
+        *,
+        allowed_callers: Collection[str] | None,
+        transfer_syntaxes: Collection[str],
+        on_stored: Callable[[StoredInstance], None] = lambda instance: None,
+        on_association_end: Callable[[int], None] = lambda association: None,
+        on_refused: Callable[[str, str], None] = lambda what, reason: None,
+    ):
+        self.spool = Path(spool)
+        self._on_stored = on_stored
+        self._on_end = on_association_end
+        self._on_refused = on_refused
+        self._server = None
+        self._ids: dict[int, int] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self.ae = AE(ae_title=ae_title)
+        self.ae.require_called_aet = True
+        if allowed_callers is not None:
+            self.ae.require_calling_aet = sorted(allowed_callers) or ["\x00no caller is allowed"]
+        self.ae.maximum_associations = 32
+        self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = 60
+        self.ae.add_supported_context(Verification)
+        syntaxes = list(transfer_syntaxes)
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, syntaxes)
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def _association_id(self, event) -> int:
+        key = id(event.assoc)
+        with self._lock:
+            if key not in self._ids:
+                self._next_id += 1
+                self._ids[key] = self._next_id
+            return self._ids[key]
+
+    def _handle_store(self, event) -> int | Dataset:
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        sop_class = str(event.request.AffectedSOPClassUID)
+        affected_uid = str(event.request.AffectedSOPInstanceUID)
+        if sop_class not in STORED_CLASSES:
+            log.info("refused SOP class %s (instance %s) from %s", sop_class, affected_uid, calling_ae)
+            self._on_refused(affected_uid, f"sop_class_not_supported:{sop_class}")
+            return _status(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not stored by this node")
+        try:
+            ds = event.dataset  # parsed lazily: only the elements read below are decoded
+            study_uid, series_uid = ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID")
+            sop_uid = ds.get("SOPInstanceUID")
+        except Exception as exc:  # a dataset pydicom cannot even walk
+            log.warning("instance %s from %s could not be parsed: %s", affected_uid, calling_ae, type(exc).__name__)
+            self._on_refused(affected_uid, "unparseable_dataset")
+            return _status(CANNOT_UNDERSTAND, f"dataset could not be parsed ({type(exc).__name__})")
+        study_uid, series_uid, sop_uid = (str(v) if v is not None else None for v in (study_uid, series_uid, sop_uid))
+        bad = [name for name, v in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                                    ("SOPInstanceUID", sop_uid)) if not is_uid(v)]
+        if bad:
+            self._on_refused(affected_uid, "invalid_uids")
+            return _status(CANNOT_UNDERSTAND, f"missing or invalid {', '.join(bad)}")
+        if sop_uid != affected_uid:
+            self._on_refused(affected_uid, "sop_instance_uid_mismatch")
+            return _status(CANNOT_UNDERSTAND, "SOPInstanceUID differs from the C-STORE request's")
+        path = spool_path(self.spool, study_uid, series_uid, sop_uid)
+        duplicate = path.exists()
+        if not duplicate:
+            try:
+                write_atomically(path, event.encoded_dataset(include_meta=True))
+            except OSError as exc:
+                log.error("could not write instance %s to the spool: %s", sop_uid, exc.strerror)
+                self._on_refused(sop_uid, "spool_write_failed")
+                return _status(OUT_OF_RESOURCES, f"the node could not store the instance ({exc.strerror})")
+        self._on_stored(StoredInstance(study_uid, series_uid, sop_uid, sop_class, path, calling_ae,
+                                       self._association_id(event), duplicate, time.monotonic()))
+        return SUCCESS
+
+    def _handle_end(self, event) -> None:
+        with self._lock:
+            association = self._ids.pop(id(event.assoc), None)
+        if association is not None:
+            self._on_end(association)
+
+    def _handle_rejected(self, event) -> None:
+        requestor = event.assoc.requestor
+        log.warning("association from %s (%s) rejected", str(requestor.ae_title).strip(), requestor.address)
+
+    # --- server ---------------------------------------------------------------------------
+
+    def start(self, host: str, port: int) -> None:
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_RELEASED, self._handle_end),
+            (evt.EVT_ABORTED, self._handle_end),
+            (evt.EVT_CONN_CLOSE, self._handle_end),
+            (evt.EVT_REJECTED, self._handle_rejected),
+        ]
+        self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status

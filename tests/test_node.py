@@ -1,0 +1,220 @@
+"""The node end to end, as a site runs it: `lumbarnode serve` in its own process, DCMTK
+`storescu` (and pynetdicom) sending, DCMTK `storescp` playing the PACS that receives the
+SEG, SR and key image, the job row read from the database. Once on the embedded defaults
+(SQLite job database, SQLite broker) and once on PostgreSQL + Redis, both real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import redis
+import sqlalchemy as sa
+from pydicom.sr.codedict import codes as pydicom_codes
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage
+
+from db import JobStore
+from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
+from dicom_io.scu import echo, send_files
+from tests.conftest import require_tool
+from tests.test_services import POSTGRES_URL, REDIS_URL
+from training.phantom import PhantomParams
+from training.studies import write_phantom_study
+from worker.settings import Settings
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+FINAL = ("done", "skipped", "failed", "export_failed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, what: str, process: subprocess.Popen | None = None):
+    """Poll a condition that the system under test makes true; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"{what}: the process exited with {process.returncode}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return write_phantom_study(PhantomParams(lla_deg=47.0, seed=1001), tmp_path_factory.mktemp("phantom"))
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgresql+redis"])
+def backend(request):
+    """Database and broker URLs, isolated for this module (a schema, a Redis database)."""
+    if request.param == "embedded":
+        yield {}
+        return
+    schema = f"lumbarnode_node_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(broker).flushdb()
+    yield {"database_url": f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", "broker_url": broker}
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """DCMTK storescp as the PACS receiving the results."""
+    port = free_port()
+    folder = tmp_path_factory.mktemp("pacs")
+    process = subprocess.Popen([require_tool("storescp"), "-aet", "PACS", "-od", str(folder), "+uf", str(port)],
+                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: echo("PACS", "127.0.0.1", port, calling_ae="PROBE"), 30, "storescp to listen", process)
+    yield port, folder
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def node(backend, pacs, tmp_path_factory):
+    pacs_port, _ = pacs
+    settings = Settings(data_dir=tmp_path_factory.mktemp("node"), host="127.0.0.1", port=free_port(),
+                        quiet_period_s=1.0, export_backoff_s=0.5, export_retries=2,
+                        allowed_callers=f"STORESCU=PACS@127.0.0.1:{pacs_port},SCU=PACS@127.0.0.1:{pacs_port}",
+                        **backend)
+    log = open(settings.data_dir / "node.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve"], env={**os.environ,
+                               **settings.environment()}, stdout=log, stderr=subprocess.STDOUT)
+    wait_until(lambda: echo(settings.ae_title, "127.0.0.1", settings.port, calling_ae="SCU"), 60,
+               "the node to listen", process)
+    store = JobStore(settings.database_url)
+    yield settings, process, store
+    store.dispose()
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    log.close()
+
+
+def final_job(store: JobStore, series_uid: str, version: int = 1, timeout_s: float = 240):
+    def done():
+        job = store.latest_job(series_uid)
+        return job if job is not None and job.version >= version and job.status in FINAL else None
+    return wait_until(done, timeout_s, f"job version {version} of series {series_uid} to finish")
+
+
+def received(folder: Path) -> dict[str, pydicom.Dataset]:
+    return {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in folder.iterdir() if p.is_file())}
+
+
+def test_a_study_sent_by_storescu_comes_back_as_seg_sr_and_key_image(node, pacs, study):
+    settings, process, store = node
+    files = sorted(study.dicom_dir.glob("*.dcm"))
+    done = subprocess.run([require_tool("storescu"), "-aet", "STORESCU", "-aec", settings.ae_title, "127.0.0.1",
+                           str(settings.port), *map(str, files)], capture_output=True, text=True, env=DCMTK_ENV)
+    assert done.returncode == 0, done.stderr
+    job = final_job(store, study.truth["series_instance_uid"])
+    assert job.status == "done", (job.status, job.error)
+    assert job.instance_count == len(files) and job.calling_ae == "STORESCU"
+    assert abs(job.lla_deg - 47.0) < 3.0 and job.lla_class == "normal"
+    assert job.model_sha256 and len(job.model_sha256) == 64
+    for stage in ("quiet_period_s", "queue_wait_s", "load_s", "inference_s", "measurement_s", "build_s", "export_s"):
+        assert job.timings[stage] >= 0, stage
+    assert job.timings["quiet_period_s"] >= 1.0
+    [export] = store.exports(job.id)
+    assert export.status == "sent" and export.dimse_status == "0x0000 0x0000 0x0000"
+    # what the PACS holds: the three objects of this job, in the source study
+    at_pacs = received(pacs[1])
+    assert {job.seg_sop_instance_uid, job.sr_sop_instance_uid, job.key_sop_instance_uid} <= set(at_pacs)
+    for uid in (job.seg_sop_instance_uid, job.sr_sop_instance_uid, job.key_sop_instance_uid):
+        assert at_pacs[uid].StudyInstanceUID == study.truth["study_instance_uid"]
+    sr = hd.sr.Comprehensive3DSR.from_dataset(at_pacs[job.sr_sop_instance_uid])
+    [group] = sr.content.get_planar_roi_measurement_groups()
+    [angle] = group.get_measurements(name=pydicom_codes.SCT.CobbAngle)
+    assert angle.value == pytest.approx(job.lla_deg, abs=0.005)
+    assert Path(job.results_dir, "overlay.png").is_file()
+
+
+def test_a_duplicate_starts_nothing_and_a_late_instance_starts_a_new_version(node, pacs, study):
+    settings, _, store = node
+    series_uid = study.truth["series_instance_uid"]
+    first = final_job(store, series_uid)
+    files = sorted(study.dicom_dir.glob("*.dcm"))
+    assert send_files(files[:2], settings.ae_title, "127.0.0.1", settings.port, calling_ae="SCU").ok
+    late = pydicom.dcmread(files[0])
+    late.SOPInstanceUID = pydicom.uid.generate_uid()
+    late.ImagePositionPatient = [float(late.ImagePositionPatient[0]) + 1000.0, *late.ImagePositionPatient[1:]]
+    path = study.dicom_dir.parent / "late.dcm"
+    late.save_as(path)
+    time.sleep(settings.quiet_period_s + 1.5)  # past the quiet period: the duplicates alone made no job
+    assert store.latest_job(series_uid).id == first.id
+    assert send_files([path], settings.ae_title, "127.0.0.1", settings.port, calling_ae="SCU").ok
+    second = final_job(store, series_uid, version=2)
+    assert second.id != first.id and second.instance_count == first.instance_count + 1
+    assert late.SOPInstanceUID in second.instance_uids
+
+
+def test_a_non_lumbar_series_is_skipped_with_its_reason_and_nothing_is_sent(node, pacs, tmp_path):
+    settings, _, store = node
+    before = set(received(pacs[1]))
+    volume = np.full((4, 64, 64), 300, np.uint16)
+    folder = tmp_path / "axial"
+    write_mr_series(volume, (1.0, 1.0), [0, 4, 8, 12], MRSeriesInfo(key="axial-node"), folder)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0, 0, float(ds.InstanceNumber) * 4]
+        ds.save_as(path)
+    series_uid = pydicom.dcmread(next(folder.iterdir())).SeriesInstanceUID
+    assert send_files(sorted(folder.iterdir()), settings.ae_title, "127.0.0.1", settings.port, calling_ae="SCU").ok
+    job = final_job(store, series_uid, timeout_s=60)
+    assert (job.status, job.reason) == ("skipped", "not_sagittal:axial")
+    assert store.exports(job.id) == []
+    assert set(received(pacs[1])) == before
+
+
+def test_unknown_callers_are_rejected_at_association_time(node):
+    settings, _, _ = node
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+    assert assoc.is_rejected
+
+
+def test_jobs_cli_lists_and_shows_the_jobs(node, study):
+    settings, _, store = node
+    env = {**os.environ, **settings.environment()}
+    listing = subprocess.run([sys.executable, "-m", "worker.cli", "jobs", "list", "--status", "done"],
+                             capture_output=True, text=True, env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert study.truth["series_instance_uid"] in listing.stdout and "skipped" not in listing.stdout
+    job = store.latest_job(study.truth["series_instance_uid"])
+    shown = subprocess.run([sys.executable, "-m", "worker.cli", "jobs", "show", str(job.id)],
+                           capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "inference_s" in shown.stdout and "export #1" in shown.stdout and job.model_sha256 in shown.stdout
+    assert "PHANTOM^LUMBAR" not in shown.stdout
+
+
+def test_the_node_stops_cleanly_on_sigterm(node):
+    settings, process, _ = node
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert not list(settings.spool_dir.rglob("*.part"))

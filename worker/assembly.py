@@ -1,0 +1,193 @@
+"""Series assembly: from instances landing in the spool to one job per complete series.
+
+A series is complete when every association that delivered to it has ended and no instance
+has arrived for the quiet period. Its job covers every instance in its spool folder; an
+instance that arrives after a job was made starts a new job version (the series folder now
+holds more instances), duplicates alone start nothing. The spool is the source of truth:
+on start, `recover` picks up series whose instances no job covers yet (a node stopped or
+killed in the middle of a study).
+
+Usable series (dicom_io.triage) are queued; the rest get a `skipped` job with the reason.
+The per-instance path touches no database: the listener keeps receiving while the job
+database is slow or briefly away, and a series whose job could not be written is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+
+from db import JobStore, JobView
+from dicom_io.scp import StoredInstance, is_uid
+from dicom_io.triage import SeriesRules, frame_count, triage
+from worker.settings import Settings
+
+log = logging.getLogger("lumbarnode.assembly")
+CALLER_FILE = ".calling_ae"  # in each series folder: who sent it, for the return address after a restart
+
+
+@dataclass
+class _Pending:
+    study_uid: str
+    series_uid: str
+    calling_ae: str
+    first_received: datetime
+    last_received: float  # monotonic
+    associations: set[int] = field(default_factory=set)
+
+
+class SeriesAssembler:
+    def __init__(self, store: JobStore, settings: Settings, enqueue: Callable[[int], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.settings = settings
+        self.enqueue = enqueue
+        self.clock = clock
+        self.rules = SeriesRules.from_text(settings.lumbar_body_parts, settings.lumbar_description_pattern,
+                                           settings.max_obliquity_deg)
+        self._pending: dict[str, _Pending] = {}
+        self._open: set[int] = set()
+        self._lock = threading.Lock()
+
+    # --- called from the listener's threads -------------------------------------------------
+
+    def instance_stored(self, instance: StoredInstance) -> None:
+        with self._lock:
+            pending = self._pending.get(instance.series_uid)
+            if pending is None:
+                pending = self._pending[instance.series_uid] = _Pending(
+                    instance.study_uid, instance.series_uid, instance.calling_ae, datetime.now(UTC),
+                    instance.received_at)
+                caller = instance.path.parent / CALLER_FILE
+                if not caller.exists():
+                    caller.write_text(instance.calling_ae)
+            pending.last_received = max(pending.last_received, instance.received_at)
+            pending.associations.add(instance.association)
+            self._open.add(instance.association)
+
+    def association_ended(self, association: int) -> None:
+        with self._lock:
+            self._open.discard(association)
+
+    # --- called by the node's loop ---------------------------------------------------------
+
+    @property
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def poll(self) -> list[JobView]:
+        """Make the jobs of every series that is complete now."""
+        now = self.clock()
+        with self._lock:
+            due = [p for p in self._pending.values()
+                   if not (p.associations & self._open) and now - p.last_received >= self.settings.quiet_period_s]
+            for p in due:
+                del self._pending[p.series_uid]
+        jobs = []
+        for pending in due:
+            try:
+                job = self.complete(pending, quiet_s=now - pending.last_received)
+            except Exception:  # the database away, a file gone: try again after the next quiet period
+                log.exception("series %s: could not make its job; will retry", pending.series_uid)
+                with self._lock:
+                    pending.last_received = self.clock()
+                    self._pending.setdefault(pending.series_uid, pending)
+                continue
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def complete(self, pending: _Pending, quiet_s: float = 0.0) -> JobView | None:
+        folder = self.settings.spool_dir / pending.study_uid / pending.series_uid
+        files = sorted(folder.glob("*.dcm"))
+        if not files:
+            return None
+        uids = [f.stem for f in files]
+        latest = self.store.latest_job(pending.series_uid)
+        if latest is not None and set(latest.instance_uids) == set(uids):
+            return None  # only duplicates arrived: the job made before covers them
+        header = pydicom.dcmread(files[0], stop_before_pixels=True)
+        slices = len(files) if len(files) > 1 else frame_count(header)
+        reason = triage(header, slices, self.rules)
+        series_id = self.store.series_received(
+            study_instance_uid=pending.study_uid, series_instance_uid=pending.series_uid,
+            modality=str(header.get("Modality", "")), series_description=str(header.get("SeriesDescription", ""))[:64],
+            body_part_examined=str(header.get("BodyPartExamined", ""))[:64],
+            accession_number=str(header.get("AccessionNumber", ""))[:64], calling_ae=pending.calling_ae,
+            instance_count=len(files), first_received_at=pending.first_received, last_received_at=datetime.now(UTC),
+        )
+        destination = self.settings.return_address(pending.calling_ae)
+        if reason is not None:
+            job = self.store.create_job(series_id, uids, destination=str(destination) if destination else None,
+                                        status="skipped", reason=reason,
+                                        error=f"series not processed: {reason.replace('_', ' ')}")
+            self.store.set_status(job.id, "skipped")
+            self.store.add_event("skipped", f"series {pending.series_uid}: {reason}", job_id=job.id,
+                                 series_id=series_id)
+            log.info("job %d: series %s skipped (%s)", job.id, pending.series_uid, reason)
+            return self.store.get_job(job.id)
+        job = self.store.create_job(series_id, uids, destination=str(destination) if destination else None)
+        self.store.add_event("received", f"series {pending.series_uid}: {len(files)} instances from "
+                             f"{pending.calling_ae or 'unknown caller'}", job_id=job.id, series_id=series_id)
+        self.store.update_job(job.id, timings={"quiet_period_s": round(quiet_s, 3)})
+        log.info("job %d: series %s complete (%d instances, version %d)", job.id, pending.series_uid, len(files),
+                 job.version)
+        return self.queue(job.id)
+
+    def queue(self, job_id: int) -> JobView:
+        """received -> queued, and the message to the workers; back to received if the broker is away
+        (`requeue_received` sends it later)."""
+        job = self.store.set_status(job_id, "queued")
+        try:
+            self.enqueue(job_id)
+        except Exception as exc:
+            log.warning("job %d: the queue is not reachable (%s); will send it again", job_id, type(exc).__name__)
+            self.store.set_status(job_id, "received")  # no message was sent: no worker can hold it
+            self.store.add_event("queue_unreachable", f"{type(exc).__name__}: {exc}"[:300], job_id=job_id)
+            return self.store.get_job(job_id)
+        return job
+
+    def requeue_received(self, older_than_s: float = 2.0) -> int:
+        """Send the jobs whose message never reached the queue."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        stuck = self.store.jobs_in_status(["received"], older_than=cutoff)
+        for job in stuck:
+            self.queue(job.id)
+        return len(stuck)
+
+    def recover(self) -> int:
+        """Queue again, after a quiet period, every spooled series no job covers yet."""
+        count = 0
+        spool = self.settings.spool_dir
+        if not spool.is_dir():
+            return 0
+        for folder in sorted(p for p in spool.glob("*/*") if p.is_dir()):
+            study_uid, series_uid = folder.parent.name, folder.name
+            if not (is_uid(study_uid) and is_uid(series_uid)):
+                continue
+            uids = {f.stem for f in folder.glob("*.dcm")}
+            latest = self.store.latest_job(series_uid)
+            if not uids or (latest is not None and set(latest.instance_uids) == uids):
+                continue
+            caller = folder / CALLER_FILE
+            with self._lock:
+                self._pending.setdefault(series_uid, _Pending(
+                    study_uid, series_uid, caller.read_text().strip() if caller.exists() else "",
+                    datetime.now(UTC) - timedelta(seconds=0), self.clock()))
+            count += 1
+        if count:
+            log.info("recovered %d spooled series that no job covers yet", count)
+        return count
+
+
+def instance_files(settings: Settings, job: JobView) -> list[Path]:
+    folder = settings.spool_dir / job.study_instance_uid / job.series_instance_uid
+    return [folder / f"{uid}.dcm" for uid in job.instance_uids]

@@ -1,0 +1,144 @@
+"""What a job does, independent of Celery: run the method on a job's series, and export
+its results. The Celery tasks in worker/tasks.py are thin wrappers around these.
+
+Both are idempotent. `run_job` claims the job (queued or running -> running; a job that
+is done, skipped or failed is left alone), so a message delivered twice, or again after a
+worker died, runs the method again at most, and the results carry the same UIDs. Export
+sends files from the job's results folder, so a retried export sends the same instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from db import JobStore, JobView
+from dicom_io.scu import SendError, send_files
+from worker.assembly import instance_files
+from worker.settings import Destination, Settings
+
+log = logging.getLogger("lumbarnode.jobs")
+RESULT_FILES = ("seg.dcm", "sr.dcm", "key.dcm")
+
+_models = None  # loaded once per worker process
+
+
+def models(settings: Settings):
+    global _models
+    if _models is None:
+        from worker.analyze import Models  # TensorFlow: imported by inference workers only
+
+        _models = Models.load(settings)
+    return _models
+
+
+def results_dir(settings: Settings, job_id: int) -> Path:
+    return settings.results_dir / f"job-{job_id}"
+
+
+def run_job(settings: Settings, store: JobStore, job_id: int) -> JobView | None:
+    """Run the method; on success the job stays `running` and is ready for export.
+
+    Returns the job when its export should follow, None when there is nothing to export.
+    """
+    from worker import process
+
+    job = store.claim_job(job_id, from_statuses=("queued", "running"), to_status="running")
+    if job is None:
+        current = store.get_job(job_id)
+        log.info("job %d: not run, status is %s", job_id, current.status if current else "unknown")
+        return None
+    timings = {}
+    if job.queued_at is not None:
+        timings["queue_wait_s"] = (datetime.now(UTC) - job.queued_at).total_seconds()
+    store.add_event("started", f"attempt {job.attempts}", job_id=job_id)
+    try:
+        started = time.perf_counter()
+        from dicom_io.errors import SeriesRefused
+        from dicom_io.series import load_series
+
+        try:
+            series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
+        except SeriesRefused as exc:
+            store.set_status(job_id, "failed", reason=exc.reason, error=str(exc)[:2000],
+                             timings={**timings, "load_s": time.perf_counter() - started})
+            store.add_event("failed", f"{exc.reason}: {exc}", job_id=job_id)
+            return None
+        timings["load_s"] = time.perf_counter() - started
+        loaded_models = models(settings)
+        timings["model_load_s"] = time.perf_counter() - started - timings["load_s"]
+        outputs = process.process_loaded(series, loaded_models, settings)
+        timings.update(outputs.timings)
+        folder = results_dir(settings, job_id)
+        if folder.exists():
+            shutil.rmtree(folder)  # a re-run writes the same objects again
+        process.write_outputs(outputs, folder)
+    except Exception as exc:
+        log.exception("job %d: the method failed", job_id)
+        store.set_status(job_id, "failed", reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
+                         timings=timings)
+        store.add_event("failed", f"{type(exc).__name__}: {exc}"[:500], job_id=job_id)
+        return None
+    result = outputs.result
+    if outputs.refused:
+        store.set_status(job_id, "failed", reason="no_spine_found", error=result["refused"], timings=timings,
+                         results_dir=str(folder), flags=list(result.get("flags") or []))
+        store.add_event("failed", result["refused"], job_id=job_id)
+        return None
+    model = result["model"]
+    uids = {kind: result["outputs"][kind]["sop_instance_uid"] for kind in result["outputs"]}
+    job = store.update_job(
+        job_id, timings=timings, results_dir=str(folder), lla_deg=result["lla_deg"], lla_class=result["class"],
+        cnn_class=result["cnn_class"], flags=list(result["flags"]), model_name=model["name"],
+        model_version=model["version"], model_sha256=model["sha256"],
+        seg_sop_instance_uid=uids.get("seg"), sr_sop_instance_uid=uids.get("sr"), key_sop_instance_uid=uids.get("key"),
+    )
+    lla = "not measured" if result["lla_deg"] is None else f"LLA {result['lla_deg']:.1f} deg ({result['class']})"
+    store.add_event("measured", f"{lla}; flags: {', '.join(result['flags']) or 'none'}", job_id=job_id)
+    return job
+
+
+class ExportFailed(Exception):
+    """This export attempt failed; the caller retries or gives up."""
+
+
+def export_job(settings: Settings, store: JobStore, job_id: int, attempt: int, last_attempt: bool) -> str:
+    """Send the job's SEG, SR and key image. Returns the job's status afterwards.
+
+    Raises ExportFailed when this attempt failed and another may follow.
+    """
+    job = store.get_job(job_id)
+    if job is None or job.status not in ("running", "export_failed"):
+        return job.status if job else "unknown"
+    if not job.destination:
+        error = "no destination: the calling AE has no return address and LUMBARNODE_DESTINATION is not set"
+        store.set_status(job_id, "export_failed", error=error)
+        store.add_event("export_failed", error, job_id=job_id)
+        return "export_failed"
+    files = [Path(job.results_dir) / name for name in RESULT_FILES if (Path(job.results_dir) / name).is_file()]
+    destination = Destination.parse(job.destination)
+    started, clock = datetime.now(UTC), time.perf_counter()
+    try:
+        result = send_files(files, destination.ae_title, destination.host, destination.port,
+                            calling_ae=settings.ae_title)
+        error = None if result.ok else f"the destination refused some objects (statuses {result.statuses})"
+        statuses = result.statuses
+    except SendError as exc:
+        error, statuses = str(exc), None
+    except OSError as exc:
+        error, statuses = f"{type(exc).__name__}: {exc}", None
+    store.add_export(job_id, destination=job.destination, attempt=attempt, status="failed" if error else "sent",
+                     dimse_status=statuses, error=error, started_at=started, finished_at=datetime.now(UTC))
+    if error is None:
+        store.set_status(job_id, "done", error=None, timings={"export_s": time.perf_counter() - clock})
+        store.add_event("exported", f"{len(files)} objects to {job.destination} ({statuses})", job_id=job_id)
+        return "done"
+    store.add_event("export_attempt_failed", f"attempt {attempt}: {error}", job_id=job_id)
+    if last_attempt:
+        store.set_status(job_id, "export_failed", error=error)
+        store.add_event("export_failed", f"gave up after {attempt} attempts", job_id=job_id)
+        return "export_failed"
+    raise ExportFailed(error)

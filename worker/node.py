@@ -1,0 +1,134 @@
+"""The node: the storage SCP, series assembly and, for `serve`, the embedded workers.
+
+`listen` runs the listener alone (workers run elsewhere with `lumbarnode worker`); `serve`
+also starts one Celery worker process per queue (inference, export) on the same broker,
+the zero-server default. Both stop cleanly on SIGINT/SIGTERM: the listener stops taking
+associations (a spool file is renamed into place whole or not at all), and the workers get
+a warm shutdown (the running job finishes, or goes back to the queue with acks_late).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from db import JobStore
+from dicom_io.scp import StorageSCP
+from dicom_io.series import decodable_transfer_syntaxes
+from worker import tasks
+from worker.assembly import SeriesAssembler
+from worker.settings import Settings
+
+log = logging.getLogger("lumbarnode.node")
+POLL_S = 0.2
+SWEEP_S = 5.0  # how often jobs whose message never reached the queue are sent again
+
+
+class Node:
+    def __init__(self, settings: Settings, enqueue: Callable[[int], None] | None = None):
+        self.settings = settings
+        settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(settings.database_url, create=True)
+        tasks.configure(settings)
+        self.assembler = SeriesAssembler(self.store, settings, enqueue or tasks.enqueue_process)
+        callers = settings.callers
+        self.scp = StorageSCP(
+            settings.ae_title, settings.spool_dir,
+            allowed_callers=set(callers) if settings.require_known_caller else None,
+            transfer_syntaxes=[str(ts) for ts in decodable_transfer_syntaxes()],
+            on_stored=self.assembler.instance_stored,
+            on_association_end=self.assembler.association_ended,
+            on_refused=self._refused,
+        )
+        self._stop = threading.Event()
+
+    def _refused(self, sop_instance_uid: str, reason: str) -> None:
+        try:
+            self.store.add_event("instance_refused", f"instance {sop_instance_uid}: {reason}")
+        except Exception:  # the refusal is already logged; a database hiccup must not break the listener
+            log.warning("could not record the refusal of %s", sop_instance_uid)
+
+    def start(self) -> None:
+        self.assembler.recover()
+        self.scp.start(self.settings.host, self.settings.port)
+        log.info("listening as %s on %s:%d (spool %s)", self.settings.ae_title, self.settings.host, self.scp.port,
+                 self.settings.spool_dir)
+
+    def run(self) -> None:
+        """Assemble series until stop() is called."""
+        last_sweep = 0.0
+        while not self._stop.is_set():
+            self.assembler.poll()
+            if time.monotonic() - last_sweep > SWEEP_S:
+                last_sweep = time.monotonic()
+                try:
+                    self.assembler.requeue_received()
+                except Exception:
+                    log.exception("could not look for jobs to queue again")
+            self._stop.wait(POLL_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.scp.stop()
+        self.store.dispose()
+
+
+def start_workers(settings: Settings) -> list[subprocess.Popen]:
+    """One worker process per queue, on the same settings (passed as LUMBARNODE_* variables)."""
+    env = {**os.environ, **settings.environment()}
+    commands = [
+        ["worker", "--queues", tasks.INFERENCE_QUEUE, "--concurrency", str(settings.inference_workers)],
+        ["worker", "--queues", tasks.EXPORT_QUEUE, "--concurrency", "2"],
+    ]
+    return [subprocess.Popen([sys.executable, "-m", "worker.cli", *command], env=env) for command in commands]
+
+
+def stop_workers(workers: list[subprocess.Popen], timeout_s: float = 120.0) -> None:
+    for process in workers:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+    for process in workers:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_node(settings: Settings, with_workers: bool) -> int:
+    node = Node(settings)
+    workers = start_workers(settings) if with_workers else []
+
+    def shut_down(signum, frame):
+        log.info("stopping (signal %d)", signum)
+        node._stop.set()
+
+    previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        node.start()
+        print(f"lumbarnode: {settings.ae_title} listening on {settings.host}:{node.scp.port}"
+              f"{' with embedded workers' if workers else ''}; Ctrl-C stops", flush=True)
+        node.run()
+    finally:
+        node.stop()
+        stop_workers(workers)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def run_worker(settings: Settings, queues: str, concurrency: int) -> int:
+    app = tasks.configure(settings)
+    pool = "solo" if concurrency == 1 and tasks.EXPORT_QUEUE not in queues.split(",") else "threads"
+    if tasks.INFERENCE_QUEUE in queues.split(",") and concurrency > 1:
+        pool = "prefork"  # the method is CPU/GPU bound: processes, each loading the model once
+    app.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
+                     "--hostname", f"lumbarnode-{queues.replace(',', '-')}-{os.getpid()}@%h",
+                     "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"])
+    return 0
