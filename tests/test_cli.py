@@ -112,11 +112,12 @@ def test_wrap_keeps_per_level_labels(shared_data, tmp_path):
     assert "20 slices x 224 rows x 224 cols" in run("inspect", str(tmp_path / "dicom")).stdout
 
 
-def test_demo_runs_the_longest_existing_path(tmp_path):
+def test_demo_plays_a_pacs_against_the_node_and_stops_cleanly(tmp_path):
     out = run("demo", "--out", str(tmp_path)).stdout
-    assert "not built yet" in out  # it says what it is not doing
-    assert out.count("sagittal") >= 1 and "LLA 47.00 deg (normal)" in out
-    # the shipped networks measured the phantom (47 deg by construction) and the real volume ran
-    assert out.count("$ lumbarnode process") == 2 and "; CNN " in out
-    for name in ("seg.dcm", "sr.dcm", "key.dcm", "result.json"):
-        assert (tmp_path / "phantom" / "results" / name).is_file()
+    assert "PACS -> node: 16 instances sent, statuses all success" in out
+    assert "job 1: done  LLA " in out and "stages (s): quiet_period" in out
+    for kind in ("SEG", "SR ", "OT "):
+        assert f"received at the PACS: {kind}" in out
+    assert "node stopped (exit code 0)" in out
+    assert len(list((tmp_path / "pacs").rglob("*.dcm"))) == 3
+    assert list((tmp_path / "node" / "results").glob("job-1/overlay.png"))

@@ -4,8 +4,10 @@ the whole node."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -166,3 +168,16 @@ def test_settings_from_environment_and_file(tmp_path):
             Settings.from_env(bad)
     with pytest.raises(ValueError):
         parse_callers("WAY_TOO_LONG_AE_TITLE_X=P@h:1")
+
+
+def test_config_prints_the_effective_settings_without_passwords(tmp_path):
+    env = {**os.environ, "LUMBARNODE_DATA_DIR": str(tmp_path),
+           "LUMBARNODE_DATABASE_URL": "postgresql+psycopg://lumbar:s3cret@db:5432/lumbarnode",
+           "LUMBARNODE_BROKER_URL": "redis://:hunter2@redis:6379/0", "LUMBARNODE_AE_TITLE": "SITE_AI"}
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "config", "--json"], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["ae_title"] == "SITE_AI" and shown["spool_dir"] == str(tmp_path / "spool")
+    assert "s3cret" not in done.stdout and "hunter2" not in done.stdout
+    assert shown["database_url"].startswith("postgresql+psycopg://lumbar:") and "@db:5432/lumbarnode" in shown["database_url"]

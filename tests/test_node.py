@@ -92,12 +92,16 @@ def pacs(tmp_path_factory):
     process.wait(timeout=10)
 
 
+DOWN_PACS_PORT = free_port()  # nothing listens here until a test starts a PACS on it
+
+
 @pytest.fixture(scope="module")
 def node(backend, pacs, tmp_path_factory):
     pacs_port, _ = pacs
     settings = Settings(data_dir=tmp_path_factory.mktemp("node"), host="127.0.0.1", port=free_port(),
                         quiet_period_s=1.0, export_backoff_s=0.5, export_retries=2,
-                        allowed_callers=f"STORESCU=PACS@127.0.0.1:{pacs_port},SCU=PACS@127.0.0.1:{pacs_port}",
+                        allowed_callers=f"STORESCU=PACS@127.0.0.1:{pacs_port},SCU=PACS@127.0.0.1:{pacs_port},"
+                                        f"LATE=LATEPACS@127.0.0.1:{DOWN_PACS_PORT}",
                         **backend)
     log = open(settings.data_dir / "node.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve"], env={**os.environ,
@@ -211,6 +215,33 @@ def test_jobs_cli_lists_and_shows_the_jobs(node, study):
     assert shown.returncode == 0, shown.stderr
     assert "inference_s" in shown.stdout and "export #1" in shown.stdout and job.model_sha256 in shown.stdout
     assert "PHANTOM^LUMBAR" not in shown.stdout
+
+
+def test_a_pacs_that_is_down_ends_in_export_failed_and_jobs_retry_delivers_later(node, tmp_path):
+    settings, _, store = node
+    study = write_phantom_study(PhantomParams(lla_deg=35.0, seed=2002, slices=9), tmp_path / "study")
+    files = sorted(study.dicom_dir.glob("*.dcm"))
+    assert send_files(files, settings.ae_title, "127.0.0.1", settings.port, calling_ae="LATE").ok
+    job = final_job(store, study.truth["series_instance_uid"])
+    assert job.status == "export_failed" and "LATEPACS@127.0.0.1" in job.destination
+    attempts = store.exports(job.id)
+    assert [e.attempt for e in attempts] == [1, 2, 3] and all(e.status == "failed" for e in attempts)
+    assert attempts[2].started_at - attempts[1].started_at > attempts[1].started_at - attempts[0].started_at
+    folder = tmp_path / "latepacs"
+    folder.mkdir()
+    pacs = subprocess.Popen([require_tool("storescp"), "-aet", "LATEPACS", "-od", str(folder), str(DOWN_PACS_PORT)],
+                            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: echo("LATEPACS", "127.0.0.1", DOWN_PACS_PORT, calling_ae="PROBE"), 30, "the PACS", pacs)
+        retry = subprocess.run([sys.executable, "-m", "worker.cli", "jobs", "retry", str(job.id)],
+                               capture_output=True, text=True, env={**os.environ, **settings.environment()})
+        assert retry.returncode == 0, retry.stderr
+        wait_until(lambda: store.get_job(job.id).status == "done", 120, "the retried export")
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+    assert set(received(folder)) == {job.seg_sop_instance_uid, job.sr_sop_instance_uid, job.key_sop_instance_uid}
+    assert store.exports(job.id)[-1].status == "sent"
 
 
 def test_the_node_stops_cleanly_on_sigterm(node):

@@ -105,10 +105,11 @@ class ExportFailed(Exception):
     """This export attempt failed; the caller retries or gives up."""
 
 
-def export_job(settings: Settings, store: JobStore, job_id: int, attempt: int, last_attempt: bool) -> str:
+def export_job(settings: Settings, store: JobStore, job_id: int, last_attempt: bool) -> str:
     """Send the job's SEG, SR and key image. Returns the job's status afterwards.
 
-    Raises ExportFailed when this attempt failed and another may follow.
+    Raises ExportFailed when this attempt failed and another may follow. Attempts are
+    numbered over the job's whole life (an operator's retry continues the count).
     """
     job = store.get_job(job_id)
     if job is None or job.status not in ("running", "export_failed"):
@@ -120,6 +121,7 @@ def export_job(settings: Settings, store: JobStore, job_id: int, attempt: int, l
         return "export_failed"
     files = [Path(job.results_dir) / name for name in RESULT_FILES if (Path(job.results_dir) / name).is_file()]
     destination = Destination.parse(job.destination)
+    attempt = len(store.exports(job_id)) + 1
     started, clock = datetime.now(UTC), time.perf_counter()
     try:
         result = send_files(files, destination.ae_title, destination.host, destination.port,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from db import JobStore
 from dicom_io.scp import StorageSCP
 from dicom_io.series import decodable_transfer_syntaxes
-from worker import tasks
+from worker import jobs, tasks
 from worker.assembly import SeriesAssembler
 from worker.settings import Settings
 
@@ -125,9 +125,18 @@ def run_node(settings: Settings, with_workers: bool) -> int:
 
 def run_worker(settings: Settings, queues: str, concurrency: int) -> int:
     app = tasks.configure(settings)
-    pool = "solo" if concurrency == 1 and tasks.EXPORT_QUEUE not in queues.split(",") else "threads"
-    if tasks.INFERENCE_QUEUE in queues.split(",") and concurrency > 1:
+    served = queues.split(",")
+    pool = "solo" if concurrency == 1 and tasks.EXPORT_QUEUE not in served else "threads"
+    if tasks.INFERENCE_QUEUE in served and concurrency > 1:
         pool = "prefork"  # the method is CPU/GPU bound: processes, each loading the model once
+    if tasks.INFERENCE_QUEUE in served:
+        # load the networks before the first job, not during it
+        if pool == "prefork":
+            from celery.signals import worker_process_init
+
+            worker_process_init.connect(lambda **_: jobs.models(settings), weak=False)
+        else:
+            jobs.models(settings)
     app.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
                      "--hostname", f"lumbarnode-{queues.replace(',', '-')}-{os.getpid()}@%h",
                      "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"])

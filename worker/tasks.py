@@ -71,13 +71,12 @@ def process_job(job_id: int) -> None:
 @app.task(name="lumbarnode.export", bind=True, acks_late=True, reject_on_worker_lost=True)
 def export_job(self, job_id: int) -> None:
     settings, store = _context()
-    attempt = self.request.retries + 1
     last = self.request.retries >= settings.export_retries
     try:
-        jobs.export_job(settings, store, job_id, attempt, last)
+        jobs.export_job(settings, store, job_id, last)
     except jobs.ExportFailed as exc:
         delay = settings.export_backoff_s * 2 ** self.request.retries
-        log.warning("job %d: export attempt %d failed (%s); retrying in %.0f s", job_id, attempt, exc, delay)
+        log.warning("job %d: export failed (%s); retry %d in %.1f s", job_id, exc, self.request.retries + 1, delay)
         raise self.retry(countdown=delay, max_retries=settings.export_retries, exc=exc)
 
 
