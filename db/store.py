@@ -469,10 +469,23 @@ class JobStore:
         status: str | None = None,
         since: datetime | None = None,
         series_instance_uid: str | None = None,
+        search: str | None = None,
         limit: int = 100,
     ) -> list[JobView]:
-        """Newest first (by created_at). `since`: created_at >= since."""
+        """Newest first (by created_at). `since`: created_at >= since. `search`: jobs
+        whose accession number equals the text, or whose series or study instance UID
+        equals it or starts with it (surrounding blanks ignored; empty means no filter)."""
         stmt = self._jobs_select()
+        text = (search or "").strip()
+        if text:
+            stmt = stmt.where(
+                sa.or_(
+                    Series.accession_number == text,
+                    # autoescape: % and _ in the text are literal characters, not wildcards
+                    Series.series_instance_uid.startswith(text, autoescape=True),
+                    Series.study_instance_uid.startswith(text, autoescape=True),
+                )
+            )
         if status is not None:
             stmt = stmt.where(Job.status == _check_status(status))
         if since is not None:

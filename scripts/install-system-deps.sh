@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the tests use for real: DCMTK (storescu, storescp, echoscu, dsrdump,
 # dcmcjpeg...), dicom3tools (dciodvfy), Orthanc with DICOMweb (the test PACS), and the
-# PostgreSQL and Redis servers. Installs only what is missing.
+# PostgreSQL and Redis servers, and Chromium (the admin page's browser test). Installs only what is missing.
 set -euo pipefail
 
 declare -A needs=(
   [dciodvfy]=dicom3tools [dsrdump]=dcmtk [storescu]=dcmtk [dcmcjpeg]=dcmtk [Orthanc]=orthanc
-  [redis-server]=redis-server [pg_ctlcluster]=postgresql
+  [redis-server]=redis-server [pg_ctlcluster]=postgresql [chromium]=chromium
 )
 missing=()
 for tool in "${!needs[@]}"; do

@@ -195,6 +195,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(_settings(), args.queues, args.concurrency)
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    from worker.admin import run_admin
+
+    _logging()
+    return run_admin(_settings(), host=args.host, port=args.port)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from db.urls import redact
 
@@ -393,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id", type=int)
     q.add_argument("--export-only", action="store_true", help="only resend the results of a running job")
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("admin", help="read-only web page of the jobs, JSON API and Prometheus /metrics")
+    p.add_argument("--host", default=None, help="address to bind (default ADMIN_HOST: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default ADMIN_PORT: 8080)")
+    p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded defaults")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
