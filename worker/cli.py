@@ -172,6 +172,7 @@ def _logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # per-association chatter
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per copied module
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
