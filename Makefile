@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: demo test train install system-deps services clean
+.PHONY: demo test train bench install system-deps services clean
 
 demo: install
 	$(BIN)/lumbarnode demo
@@ -24,6 +24,12 @@ train: install
 	$(BIN)/lumbarnode train segmentation --out $(TRAIN_DIR)/unet
 	$(BIN)/lumbarnode train classifier --out $(TRAIN_DIR)/deteclordose
 	$(BIN)/lumbarnode package $(TRAIN_DIR)/unet $(TRAIN_DIR)/deteclordose --out models
+
+# Benchmarks against peers in the same run (DCMTK storescp, ONNX Runtime): prints a table,
+# writes bench/results.json. About 10 minutes on 2 cores; needs PostgreSQL and Redis.
+bench: install system-deps services
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 install: $(STAMP)
 

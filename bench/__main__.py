@@ -1,0 +1,106 @@
+"""`python -m bench [--quick] [--only ingest,latency,inference,throughput]`: run the
+benchmarks, print a table, write bench/results.json (machine, versions, every figure)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+PARTS = ("ingest", "latency", "inference", "throughput")
+
+
+def machine() -> dict:
+    dcmtk = subprocess.run(["/usr/bin/storescp", "--version"], capture_output=True, text=True).stdout.splitlines()
+    dcmtk = [line.replace("$dcmtk: ", "DCMTK ") for line in dcmtk]
+    versions = {name: version(name) for name in ("lumbarnode", "pynetdicom", "pydicom", "highdicom", "celery",
+                                                 "tensorflow-cpu", "onnxruntime", "tf2onnx")
+                if _installed(name)}
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "dcmtk": next((line for line in dcmtk if "DCMTK" in line), "unknown"), "versions": versions}
+
+
+def _installed(name: str) -> bool:
+    try:
+        version(name)
+        return True
+    except Exception:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, not for reporting)")
+    args = parser.parse_args()
+    parts = args.only.split(",")
+    repeats = 1 if args.quick else 3
+    report: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "figures": {}}
+    figures = report["figures"]
+    started = time.perf_counter()
+    if "ingest" in parts:
+        from bench import ingest
+
+        figures["ingest"] = ingest.run(repeats)
+    if "latency" in parts:
+        from bench import latency
+
+        figures["latency"] = [latency.latency(b, 2 if args.quick else 5) for b in ("embedded", "postgresql+redis")]
+    if "inference" in parts:
+        from bench import inference
+
+        figures["inference"] = inference.run(2 if args.quick else 5)
+    if "throughput" in parts:
+        from bench import latency
+
+        figures["throughput"] = [latency.throughput(n, 3 if args.quick else 6) for n in (1, 2)]
+    report["seconds"] = time.perf_counter() - started
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    f = report["figures"]
+    m = report["machine"]
+    print(f"machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}; {m['dcmtk']}")
+    if "ingest" in f:
+        i = f["ingest"]
+        print(f"\ningest ({i['instances']} instances {i['size']}; median of {i['node_1_assoc']['runs']} runs)")
+        print(f"{'':<24}{'node /s':>10}{'storescp /s':>13}{'ratio':>8}")
+        for n in (1, 4):
+            print(f"{f'{n} association(s)':<24}{i[f'node_{n}_assoc']['median']:>10.0f}"
+                  f"{i[f'storescp_{n}_assoc']['median']:>13.0f}{i[f'ratio_{n}_assoc']:>8.2f}")
+    for run in f.get("latency", []):
+        s = run["seconds"]
+        print(f"\nend-to-end latency, {run['backend']}: median {s['median']:.2f} s (min {s['min']:.2f}, max {s['max']:.2f}, "
+              f"{s['runs']} series); after the quiet period {run['after_quiet_period_s']:.2f} s")
+        print("  stages: " + ", ".join(f"{k} {v:.2f}" for k, v in run["stages_median_s"].items()))
+    if "inference" in f:
+        inf = f["inference"]
+        for name in ("unet", "deteclordose"):
+            print(f"\ninference {name} ({inf[name]['inputs']} input(s) of {inf[name]['size']} px):")
+            print(f"  {'runtime':<22}{'ms/call':>9}{'ms/slice':>10}{'x fastest':>11}{'max |diff|':>12}{'argmax same':>13}")
+            for runtime, v in inf[name]["runtimes"].items():
+                print(f"  {runtime:<22}{v['ms_per_call']['median']:>9.1f}{v['ms_per_slice']['median']:>10.1f}"
+                      f"{v['ratio_to_fastest']:>11.2f}{v['max_abs_difference_to_tf_function']:>12.2e}"
+                      f"{v['same_argmax_fraction']:>13.4f}")
+        for runtime, v in inf["startup"].items():
+            print(f"  start-up {runtime}: {v['seconds']:.2f} s, {v['peak_rss_mib']:.0f} MiB")
+    for run in f.get("throughput", []):
+        print(f"\nthroughput with {run['inference_workers']} inference worker(s): {run['series_per_minute']:.1f} series/min "
+              f"({run['series']} series); inference worker peak RSS {run['worker_peak_rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
