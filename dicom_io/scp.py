@@ -13,6 +13,8 @@ are read from it (pydicom parses lazily, nothing else is decoded).
   other storage SOP class gets the refusal status 0x0122 (SOP class not supported) instead
   of an abort, so that a PACS pushing a mixed study sees clearly what was not taken.
 - A duplicate SOP Instance UID is answered with success and keeps the file already stored.
+- Below a free-space watermark on the spool's disk, instances are refused with 0xA700
+  (out of resources) before anything is written: nothing is ever stored truncated.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -112,8 +115,10 @@ class StorageSCP:
         on_stored: Callable[[StoredInstance], None] = lambda instance: None,
         on_association_end: Callable[[int], None] = lambda association: None,
         on_refused: Callable[[str, str], None] = lambda what, reason: None,
+        min_free_bytes: int = 0,
     ):
         self.spool = Path(spool)
+        self.min_free_bytes = min_free_bytes
         self._on_stored = on_stored
         self._on_end = on_association_end
         self._on_refused = on_refused
@@ -169,6 +174,10 @@ class StorageSCP:
             return _status(CANNOT_UNDERSTAND, "SOPInstanceUID differs from the C-STORE request's")
         path = spool_path(self.spool, study_uid, series_uid, sop_uid)
         duplicate = path.exists()
+        if not duplicate and self.min_free_bytes and shutil.disk_usage(self.spool).free < self.min_free_bytes:
+            log.error("spool nearly full: refusing instance %s (watermark %d MiB)", sop_uid, self.min_free_bytes >> 20)
+            self._on_refused(sop_uid, "spool_nearly_full")
+            return _status(OUT_OF_RESOURCES, "the node's spool is nearly full; send again later")
         if not duplicate:
             try:
                 write_atomically(path, event.encoded_dataset(include_meta=True))

@@ -244,6 +244,16 @@ def test_a_pacs_that_is_down_ends_in_export_failed_and_jobs_retry_delivers_later
     assert store.exports(job.id)[-1].status == "sent"
 
 
+def test_the_logs_of_the_run_hold_no_patient_name_or_id(node, study):
+    settings, _, store = node
+    text = (settings.data_dir / "node.log").read_text()
+    assert "lumbarnode.assembly" in text  # the log is the node's, and it logged the run
+    for secret in ("PHANTOM^LUMBAR", "PHANTOM-1001", "PHANTOM^", "PHANTOM-"):  # the patient name and ID
+        assert secret not in text
+    events = [e.message for j in store.list_jobs(limit=50) for e in store.events(j.id)]
+    assert events and not any("PHANTOM" in m for m in events)
+
+
 def test_the_node_stops_cleanly_on_sigterm(node):
     settings, process, _ = node
     process.send_signal(signal.SIGTERM)

@@ -144,7 +144,7 @@ class SeriesAssembler:
 
     def queue(self, job_id: int) -> JobView:
         """received -> queued, and the message to the workers; back to received if the broker is away
-        (`requeue_received` sends it later)."""
+        (`requeue_lost` sends it later)."""
         job = self.store.set_status(job_id, "queued")
         try:
             self.enqueue(job_id)
@@ -155,13 +155,21 @@ class SeriesAssembler:
             return self.store.get_job(job_id)
         return job
 
-    def requeue_received(self, older_than_s: float = 2.0) -> int:
-        """Send the jobs whose message never reached the queue."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-        stuck = self.store.jobs_in_status(["received"], older_than=cutoff)
-        for job in stuck:
+    def requeue_lost(self, job_timeout_s: float, received_after_s: float = 2.0) -> int:
+        """Queue again the jobs whose message was lost: never sent (`received`), or taken by a
+        worker that died (`running` without any update for job_timeout_s). Running a job twice
+        is harmless: the claim is idempotent and the results carry the same UIDs."""
+        now = datetime.now(UTC)
+        lost = self.store.jobs_in_status(["received"], older_than=now - timedelta(seconds=received_after_s))
+        silent = self.store.jobs_in_status(["running"], older_than=now - timedelta(seconds=job_timeout_s))
+        for job in silent:
+            log.warning("job %d: running without news for %.0f s; its worker is presumed dead, queueing it again",
+                        job.id, (now - job.updated_at).total_seconds())
+            self.store.add_event("requeued", f"no progress for {job_timeout_s:.0f} s: worker presumed lost",
+                                 job_id=job.id)
+        for job in [*lost, *silent]:
             self.queue(job.id)
-        return len(stuck)
+        return len(lost) + len(silent)
 
     def recover(self) -> int:
         """Queue again, after a quiet period, every spooled series no job covers yet."""

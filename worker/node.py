@@ -27,7 +27,7 @@ from worker.settings import Settings
 
 log = logging.getLogger("lumbarnode.node")
 POLL_S = 0.2
-SWEEP_S = 5.0  # how often jobs whose message never reached the queue are sent again
+SWEEP_S = 2.0  # how often lost jobs are looked for and dead workers restarted
 
 
 class Node:
@@ -45,8 +45,10 @@ class Node:
             on_stored=self.assembler.instance_stored,
             on_association_end=self.assembler.association_ended,
             on_refused=self._refused,
+            min_free_bytes=settings.min_free_spool_mb * 2**20,
         )
         self._stop = threading.Event()
+        self.on_sweep: Callable[[], None] | None = None  # serve: restart workers that died
 
     def _refused(self, sop_instance_uid: str, reason: str) -> None:
         try:
@@ -68,9 +70,11 @@ class Node:
             if time.monotonic() - last_sweep > SWEEP_S:
                 last_sweep = time.monotonic()
                 try:
-                    self.assembler.requeue_received()
+                    self.assembler.requeue_lost(self.settings.job_timeout_s)
                 except Exception:
                     log.exception("could not look for jobs to queue again")
+                if self.on_sweep is not None:
+                    self.on_sweep()
             self._stop.wait(POLL_S)
 
     def stop(self) -> None:
@@ -79,14 +83,30 @@ class Node:
         self.store.dispose()
 
 
-def start_workers(settings: Settings) -> list[subprocess.Popen]:
-    """One worker process per queue, on the same settings (passed as LUMBARNODE_* variables)."""
-    env = {**os.environ, **settings.environment()}
-    commands = [
+def _worker_commands(settings: Settings) -> list[list[str]]:
+    return [
         ["worker", "--queues", tasks.INFERENCE_QUEUE, "--concurrency", str(settings.inference_workers)],
         ["worker", "--queues", tasks.EXPORT_QUEUE, "--concurrency", "2"],
     ]
-    return [subprocess.Popen([sys.executable, "-m", "worker.cli", *command], env=env) for command in commands]
+
+
+def _start_worker(settings: Settings, command: list[str]) -> subprocess.Popen:
+    env = {**os.environ, **settings.environment()}
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", *command], env=env)
+
+
+def start_workers(settings: Settings) -> list[subprocess.Popen]:
+    """One worker process per queue, on the same settings (passed as LUMBARNODE_* variables)."""
+    return [_start_worker(settings, command) for command in _worker_commands(settings)]
+
+
+def restart_dead_workers(settings: Settings, workers: list[subprocess.Popen]) -> None:
+    """A worker that died (killed, out of memory) is started again; its job is not lost:
+    the message comes back (acks_late) or the sweep queues the silent job again."""
+    for index, (process, command) in enumerate(zip(workers, _worker_commands(settings))):
+        if process.poll() is not None:
+            log.warning("worker %s exited with %s; starting it again", " ".join(command[1:3]), process.returncode)
+            workers[index] = _start_worker(settings, command)
 
 
 def stop_workers(workers: list[subprocess.Popen], timeout_s: float = 120.0) -> None:
@@ -104,6 +124,8 @@ def stop_workers(workers: list[subprocess.Popen], timeout_s: float = 120.0) -> N
 def run_node(settings: Settings, with_workers: bool) -> int:
     node = Node(settings)
     workers = start_workers(settings) if with_workers else []
+    if workers:
+        node.on_sweep = lambda: node._stop.is_set() or restart_dead_workers(settings, workers)
 
     def shut_down(signum, frame):
         log.info("stopping (signal %d)", signum)

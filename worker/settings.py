@@ -73,6 +73,8 @@ class Settings:
     export_retries: int = 5  # C-STORE attempts after the first
     export_backoff_s: float = 2.0  # wait before retry n: backoff * 2**(n-1)
     inference_workers: int = 1  # worker processes `serve` starts for the inference queue
+    job_timeout_s: float = 900.0  # a running job silent this long lost its worker: it is queued again
+    min_free_spool_mb: int = 500  # below this much free space the listener refuses instances (0xA700)
     admin_host: str = "127.0.0.1"  # `lumbarnode admin` (page, JSON API, /metrics): loopback unless set
     admin_port: int = 8080
     # where things live
