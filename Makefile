@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: demo test train bench install system-deps services clean
+.PHONY: demo test train bench reliability install system-deps services clean
 
 demo: install
 	$(BIN)/lumbarnode demo
@@ -30,6 +30,11 @@ train: install
 bench: install system-deps services
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Faults, load and fuzzing with the figures table (10,000 fuzz cases; `make test` runs 300).
+reliability: install system-deps services
+	LUMBARNODE_FUZZ_CASES=10000 $(BIN)/python -m pytest -q -p no:warnings tests/test_faults.py \
+	  tests/test_reliability.py tests/test_node.py $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -131,7 +131,8 @@ class StorageSCP:
         if allowed_callers is not None:
             self.ae.require_calling_aet = sorted(allowed_callers) or ["\x00no caller is allowed"]
         self.ae.maximum_associations = 32
-        self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = 60
+        self.ae.network_timeout = self.ae.dimse_timeout = 60
+        self.ae.acse_timeout = 10  # ARTIM: a connection that never completes association frees its slot soon
         self.ae.add_supported_context(Verification)
         syntaxes = list(transfer_syntaxes)
         for context in AllStoragePresentationContexts:

@@ -40,3 +40,31 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+# --- reliability figures: tests record rows, `make reliability` prints them as one table ---
+
+_RELIABILITY: list[dict] = []
+
+
+@pytest.fixture
+def reliability():
+    """Call with one row of figures: case, sent, stored, jobs, lost, duplicates, note."""
+    return lambda **row: _RELIABILITY.append(row)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RELIABILITY:
+        return
+    import json
+
+    columns = ("case", "sent", "stored", "jobs", "lost", "duplicates", "note")
+    terminalreporter.write_sep("=", "reliability")
+    terminalreporter.write_line(f"{'case':<44}{'sent':>7}{'stored':>8}{'jobs':>6}{'lost':>6}{'dupl.':>7}  note")
+    for row in _RELIABILITY:
+        terminalreporter.write_line(f"{row['case']:<44}{row.get('sent', ''):>7}{row.get('stored', ''):>8}"
+                                    f"{row.get('jobs', ''):>6}{row.get('lost', ''):>6}{row.get('duplicates', ''):>7}"
+                                    f"  {row.get('note', '')}")
+    out = Path(__file__).resolve().parents[1] / "test-artifacts" / "reliability.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps([{k: row.get(k) for k in columns} for row in _RELIABILITY], indent=2) + "\n")

@@ -80,7 +80,7 @@ def node_settings(tmp_path: Path, pacs_port: int, **changes) -> Settings:
                     allowed_callers=f"SCU=PACS@127.0.0.1:{pacs_port}", **changes)
 
 
-def test_a_worker_killed_mid_job_comes_back_and_the_job_completes_once(tmp_path, pacs):
+def test_a_worker_killed_mid_job_comes_back_and_the_job_completes_once(tmp_path, pacs, reliability):
     settings = node_settings(tmp_path, pacs[0], job_timeout_s=4.0)
     study = write_phantom_study(PhantomParams(lla_deg=44.0, seed=3003, slices=40), tmp_path / "study")
     node = start_serve(settings, tmp_path / "node.log")
@@ -101,12 +101,14 @@ def test_a_worker_killed_mid_job_comes_back_and_the_job_completes_once(tmp_path,
         files = [p for p in pacs[1].iterdir() if p.is_file()]
         uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
         assert len(files) == 3 and uids == {job.seg_sop_instance_uid, job.sr_sop_instance_uid, job.key_sop_instance_uid}
+        reliability(case="inference worker SIGKILLed mid-job", sent=job.instance_count, stored=job.instance_count,
+                    jobs=1, lost=0, duplicates=len(files) - len(uids), note=f"done after {job.attempts} attempts")
     finally:
         store.dispose()
         stop_group(node)
 
 
-def test_a_node_killed_while_a_series_arrives_loses_nothing_it_acknowledged(tmp_path, pacs):
+def test_a_node_killed_while_a_series_arrives_loses_nothing_it_acknowledged(tmp_path, pacs, reliability):
     settings = node_settings(tmp_path, pacs[0])
     study = write_phantom_study(PhantomParams(lla_deg=50.0, seed=3004, slices=12), tmp_path / "study")
     files = sorted(study.dicom_dir.glob("*.dcm"))
@@ -132,12 +134,15 @@ def test_a_node_killed_while_a_series_arrives_loses_nothing_it_acknowledged(tmp_
         assert job.status == "done", (job.status, job.error)
         assert job.instance_count == len(files) and job.version == 1
         assert len(store.list_jobs(series_instance_uid=study.truth["series_instance_uid"])) == 1
+        reliability(case="node SIGKILLed while a series arrives", sent=len(files), stored=job.instance_count,
+                    jobs=1, lost=len(acknowledged) - len(set(acknowledged) & spooled), duplicates=0,
+                    note="7 acknowledged before the kill, sender resent all")
     finally:
         store.dispose()
         stop_group(node)
 
 
-def test_a_nearly_full_spool_refuses_instances_and_writes_nothing(tmp_path):
+def test_a_nearly_full_spool_refuses_instances_and_writes_nothing(tmp_path, reliability):
     refused = []
     listener = StorageSCP("LUMBARNODE", tmp_path / "spool", allowed_callers={"SCU"},
                           transfer_syntaxes=[str(t) for t in decodable_transfer_syntaxes()],
@@ -156,5 +161,7 @@ def test_a_nearly_full_spool_refuses_instances_and_writes_nothing(tmp_path):
         assert refused == ["spool_nearly_full"]
         assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]
         assert echo("LUMBARNODE", "127.0.0.1", listener.port, calling_ae="SCU")  # still answering
+        reliability(case="spool below its free-space watermark", sent=1, stored=0, jobs=0, lost=0, duplicates=0,
+                    note="refused 0xA700 before writing")
     finally:
         listener.stop()

@@ -114,9 +114,12 @@ class SeriesAssembler:
         latest = self.store.latest_job(pending.series_uid)
         if latest is not None and set(latest.instance_uids) == set(uids):
             return None  # only duplicates arrived: the job made before covers them
-        header = pydicom.dcmread(files[0], stop_before_pixels=True)
-        slices = len(files) if len(files) > 1 else frame_count(header)
-        reason = triage(header, slices, self.rules)
+        try:
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            slices = len(files) if len(files) > 1 else frame_count(header)
+            reason = triage(header, slices, self.rules)
+        except Exception as exc:  # stored as received, but not even its header can be read
+            header, reason = pydicom.Dataset(), f"malformed_file:{type(exc).__name__}"
         series_id = self.store.series_received(
             study_instance_uid=pending.study_uid, series_instance_uid=pending.series_uid,
             modality=str(header.get("Modality", "")), series_description=str(header.get("SeriesDescription", ""))[:64],
