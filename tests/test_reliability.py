@@ -163,9 +163,8 @@ def test_fuzzed_instances_get_a_status_and_the_node_stays_up(node, reliability, 
             continue
         code = f"0x{status.Status:04X}"
         statuses[code] = statuses.get(code, 0) + 1
-        if status.Status == 0x0000:
-            meta = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            stored_ok.append(str(meta.file_meta.MediaStorageSOPInstanceUID))
+        if status.Status == 0x0000:  # stored under the UID the request declared: the dataset's own
+            stored_ok.append(str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID))
     if assoc is not None and assoc.is_established:
         assoc.release()
     malformed_pdus = send_malformed_pdus(settings.port, rng, 50)
