@@ -165,3 +165,33 @@ def test_a_nearly_full_spool_refuses_instances_and_writes_nothing(tmp_path, reli
                     note="refused 0xA700 before writing")
     finally:
         listener.stop()
+
+
+def test_the_listener_keeps_receiving_while_the_database_is_locked_and_catches_up(tmp_path, pacs, reliability):
+    """Another process holds the job database's write lock (as a long migration or a stuck
+    client would): instances are still acknowledged and spooled, and the job appears once
+    the database is writable again."""
+    import sqlite3
+
+    settings = node_settings(tmp_path, pacs[0])
+    study = write_phantom_study(PhantomParams(lla_deg=41.0, seed=3006, slices=10), tmp_path / "study")
+    files = sorted(study.dicom_dir.glob("*.dcm"))
+    node = start_serve(settings, tmp_path / "node.log")
+    store = JobStore(settings.database_url)
+    blocker = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), timeout=1, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert send_files(files, settings.ae_title, "127.0.0.1", settings.port, calling_ae="SCU").ok
+        spooled = {p.stem for p in settings.spool_dir.rglob("*.dcm")}
+        assert {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files} <= spooled
+        time.sleep(settings.quiet_period_s + 2.0)  # the series is complete now, but its job cannot be written
+        assert store.latest_job(study.truth["series_instance_uid"]) is None
+        blocker.execute("ROLLBACK")
+        job = final_job(store, study.truth["series_instance_uid"], timeout_s=180)
+        assert job.status == "done" and job.instance_count == len(files)
+        reliability(case="job database locked while a series arrives", sent=len(files), stored=len(files), jobs=1,
+                    lost=0, duplicates=0, note="job made once the lock was released")
+    finally:
+        blocker.close()
+        store.dispose()
+        stop_group(node)
