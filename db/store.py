@@ -530,6 +530,15 @@ class JobStore:
                 counts[status] = int(count)
         return counts
 
+    def count_exports_by_status(self) -> dict[str, int]:
+        """Export attempts over all jobs by outcome, every EXPORT_STATUSES key present."""
+        stmt = sa.select(Export.status, sa.func.count()).group_by(Export.status)
+        counts = dict.fromkeys(EXPORT_STATUSES, 0)
+        with self._session.begin() as session:
+            for status, count in session.execute(stmt):
+                counts[status] = int(count)
+        return counts
+
     # -- events and exports ---------------------------------------------------------
 
     def add_event(self, kind: str, message: str, *, job_id: int | None = None, series_id: int | None = None) -> None:

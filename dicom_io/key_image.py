@@ -57,11 +57,7 @@ def build_key_image(
         "Measured slice with vertebra labels, L1 and S1 superior endplates, lumbar lordosis angle and "
         f"class burned in ({finding.segmentation.name} {finding.segmentation.version})")[:1024]
     image.SourceImageSequence = [_source_reference(source, finding.measured_slice.frame_number)]
-    image.ManufacturerModelName = producer.model_name
-    image.SoftwareVersions = producer.software_version
-    image.DeviceSerialNumber = producer.device_serial_number
-    if producer.institution_name:
-        image.InstitutionName = producer.institution_name
+    producer.stamp(image)
     return image
 
 

@@ -41,6 +41,14 @@ class Producer:
     device_serial_number: str = "lumbarnode"
     institution_name: str | None = None
 
+    def stamp(self, ds) -> None:
+        """Write the General Equipment attributes the SOP class constructors leave out."""
+        ds.ManufacturerModelName = self.model_name
+        ds.SoftwareVersions = self.software_version
+        ds.DeviceSerialNumber = self.device_serial_number
+        if self.institution_name:
+            ds.InstitutionName = self.institution_name
+
 
 @dataclass(frozen=True)
 class LordosisFinding:

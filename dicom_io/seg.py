@@ -125,6 +125,5 @@ def build_segmentation(
         series_description=SEG_SERIES_DESCRIPTION,
         omit_empty_frames=False,
     )
-    if producer.institution_name:
-        seg.InstitutionName = producer.institution_name
+    producer.stamp(seg)
     return seg

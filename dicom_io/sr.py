@@ -30,6 +30,11 @@ from dicom_io.uids import ResultUIDs
 SR_SERIES_DESCRIPTION = "Lumbar lordosis report (lumbarnode)"
 
 
+def _frames(frame: int | None) -> list[int] | None:
+    """Referenced frame numbers: the measured frame of a multi-frame image, none otherwise."""
+    return None if frame is None else [frame]
+
+
 def _algorithm_id(algorithm: Algorithm, *extra: str) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version,
@@ -61,7 +66,7 @@ def _lla_group(finding: LordosisFinding, image: Dataset, frame: int | None,
             tracking_identifier=tracking, finding_type=codes.COBB_ANGLE, method=codes.COBB_METHOD,
             algorithm_id=algorithm_id, finding_sites=site, qualitative_evaluations=evaluations or None,
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
-                image, referenced_frame_numbers=None if frame is None else [frame])],
+                image, referenced_frame_numbers=_frames(frame))],
         )
     measurement = hd.sr.Measurement(
         name=codes.COBB_ANGLE,
@@ -77,7 +82,7 @@ def _lla_group(finding: LordosisFinding, image: Dataset, frame: int | None,
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=endplate_polyline(finding),
         source_image=hd.sr.SourceImageForRegion.from_source_image(
-            image, referenced_frame_numbers=None if frame is None else [frame]),
+            image, referenced_frame_numbers=_frames(frame)),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking, referenced_region=region, finding_type=codes.COBB_ANGLE,
@@ -101,7 +106,7 @@ def _cnn_group(finding: LordosisFinding, image: Dataset, frame: int | None,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.CNN_LORDOSIS_CLASS,
                                                              codes.CLASS_CODES[finding.cnn_class])],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
-            image, referenced_frame_numbers=None if frame is None else [frame])],
+            image, referenced_frame_numbers=_frames(frame))],
     )
 
 
@@ -164,12 +169,9 @@ def build_report(
         sop_instance_uid=uids.sr_instance,
         instance_number=1,
         manufacturer=producer.manufacturer,
-        institution_name=producer.institution_name,
         is_complete=True,
         series_description=SR_SERIES_DESCRIPTION,
     )
-    sr.ManufacturerModelName = producer.model_name
-    sr.SoftwareVersions = producer.software_version
-    sr.DeviceSerialNumber = producer.device_serial_number
+    producer.stamp(sr)
     sr.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]
     return sr

@@ -3,8 +3,14 @@ a missing tool is a failure with a clear message, not a skip."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,72 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run `make test`, which installs the Debian packages")
     return path
+
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's DCMTK leaves Nagle on otherwise (~45 ms per instance)
+POSTGRES_URL = os.environ.get("LUMBARNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("LUMBARNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, what: str, process: subprocess.Popen | None = None):
+    """Poll a condition that the system under test makes true; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"{what}: the process exited with {process.returncode}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@contextmanager
+def storescp(ae_title: str, folder: Path, port: int) -> Iterator[subprocess.Popen]:
+    """DCMTK storescp playing a PACS: files stored in `folder` under unique names (so that a
+    duplicate would show as a second file), listening once the context is entered."""
+    from dicom_io.scu import echo
+
+    process = subprocess.Popen([require_tool("storescp"), "-aet", ae_title, "-od", str(folder), "+uf", str(port)],
+                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: echo(ae_title, "127.0.0.1", port, calling_ae="PROBE"), 30, f"storescp {ae_title}", process)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A fresh schema in the test PostgreSQL, dropped afterwards: one test's own database."""
+    import sqlalchemy as sa
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL} (run `make test`, which starts it): {exc}")
+    try:
+        yield schema
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def schema_url(schema: str) -> str:
+    """The test PostgreSQL URL with `schema` as the search path (Alembic's table included)."""
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

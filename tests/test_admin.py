@@ -7,6 +7,7 @@ PostgreSQL run adds "-postgresql" to the names)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -15,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,19 +25,18 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from db import STATUSES, JobStore
+from tests.conftest import free_port, postgres_schema, schema_url
 from worker import admin as admin_module
 from worker import cli
 from worker.admin import create_app, quantile, run_admin
 from worker.settings import Settings
 
-POSTGRES_URL = os.environ.get("LUMBARNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 UID = "1.2.826.0.1.3680043.8.498"  # test UIDs: <UID>.<n>.1 series in study <UID>.<n>
 OVERLAY_SIZE = (96, 128)  # rows, cols of the overlay written for the done job
@@ -160,21 +159,13 @@ def _serve(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def admin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     tmp = tmp_path_factory.mktemp(f"admin-{request.param}")
-    schema = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp / 'var' / 'lumbarnode.db'}"
-    else:
-        schema = f"lumbarnode_admin_{uuid.uuid4().hex[:12]}"
-        engine = sa.create_engine(POSTGRES_URL)
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        except sa.exc.OperationalError as exc:
-            engine.dispose()
-            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL} (run `make test`, which starts it): {exc}")
-        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    store = JobStore(url, create=True)
-    try:
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp / 'var' / 'lumbarnode.db'}"
+        else:
+            url = schema_url(stack.enter_context(postgres_schema("lumbarnode_admin")))
+        store = JobStore(url, create=True)
+        stack.callback(store.dispose)
         ids, overlay, secret = seed(store, tmp / "var" / "results")
         app = create_app(Settings(data_dir=tmp / "var", database_url=url))
         server, thread, base = _serve(app)
@@ -183,12 +174,6 @@ def admin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         finally:
             server.should_exit = True
             thread.join(timeout=15)
-    finally:
-        store.dispose()
-        if schema is not None:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-            engine.dispose()
 
 
 # -- the browser ----------------------------------------------------------------------
@@ -515,19 +500,13 @@ def test_the_admin_server_binds_loopback_by_default(monkeypatch: pytest.MonkeyPa
     assert seen == [(None, None), ("::1", 8181)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("host", [None, "0.0.0.0"])
 def test_the_command_listens_on_loopback_unless_configured(host: str | None, tmp_path: Path) -> None:
     """`lumbarnode admin` for real: reachable on 127.0.0.1; on 127.0.0.2 (another loopback
     address, so no network is needed) only when bound to every address."""
     url = f"sqlite:///{tmp_path / 'lumbarnode.db'}"
     JobStore(url, create=True).dispose()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LUMBARNODE_DATA_DIR": str(tmp_path), "LUMBARNODE_DATABASE_URL": url}
     env.pop("LUMBARNODE_ADMIN_HOST", None)
     if host:

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.conftest import free_port
 from worker.cli import build_parser
 from worker.settings import Settings, parse_callers
 
@@ -671,12 +671,6 @@ def run_healthcheck(*args: str, env: dict[str, str]) -> subprocess.CompletedProc
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LUMBARNODE_")}
     return subprocess.run([sys.executable, str(COMPOSE / "healthcheck.py"), *args], capture_output=True,
                           text=True, timeout=60, env={**clean, **env}, cwd=ROOT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_listener_health_check_is_a_real_c_echo_as_an_allowed_caller(tmp_path):

@@ -6,11 +6,9 @@ afterwards."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,8 +24,8 @@ from sqlalchemy.orm import Session
 from db import STATUSES, JobStore, JobView, redact
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import Base, Series
+from tests.conftest import POSTGRES_URL, postgres_schema
 
-POSTGRES_URL = os.environ.get("LUMBARNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2025, 3, 1, 8, 0, 0, tzinfo=UTC)
 
 
@@ -47,20 +45,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         # A folder that does not exist yet: JobStore must create it.
         yield Database(f"sqlite:///{tmp_path / 'var' / 'lumbarnode.db'}")
         return
-    schema = f"lumbarnode_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL} (run `make test`, which starts it): {exc}")
-    try:
+    with postgres_schema("lumbarnode_test") as schema:
         yield Database(POSTGRES_URL, {"connect_args": {"options": f"-csearch_path={schema}"}}, schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from db import JobStore
 from dicom_io.scp import StorageSCP
 from dicom_io.scu import echo, send_files
 from dicom_io.series import decodable_transfer_syntaxes
-from tests.conftest import require_tool
-from tests.test_node import DCMTK_ENV, final_job, free_port, wait_until
+from tests.conftest import free_port, storescp, wait_until
+from tests.test_node import final_job
 from training.phantom import PhantomParams
 from training.studies import write_phantom_study
 from worker.settings import Settings
@@ -67,12 +67,8 @@ def inference_worker(process: subprocess.Popen) -> int:
 def pacs(tmp_path):
     port, folder = free_port(), tmp_path / "pacs"
     folder.mkdir()
-    process = subprocess.Popen([require_tool("storescp"), "-aet", "PACS", "-od", str(folder), "+uf", str(port)],
-                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: echo("PACS", "127.0.0.1", port, calling_ae="PROBE"), 30, "storescp", process)
-    yield port, folder
-    process.terminate()
-    process.wait(timeout=10)
+    with storescp("PACS", folder, port):
+        yield port, folder
 
 
 def node_settings(tmp_path: Path, pacs_port: int, **changes) -> Settings:

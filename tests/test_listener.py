@@ -15,19 +15,16 @@ import numpy as np
 import pydicom
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from dicom_io.mr_writer import MRSeriesInfo, build_mr_datasets
 from dicom_io.scp import StorageSCP, spool_path
 from dicom_io.scu import echo, send_files
 from dicom_io.series import decodable_transfer_syntaxes
 from dicom_io.triage import SeriesRules, triage
-from tests.conftest import require_tool
+from tests.conftest import DCMTK_ENV, require_tool
 from tests.test_series_loader import save
 from worker.settings import Destination, Settings, parse_callers
-
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's DCMTK leaves Nagle on otherwise
-
 
 def series_files(folder: Path, key: str = "listener", n: int = 4, **info) -> list[Path]:
     volume = np.random.default_rng(0).integers(0, 4000, (n, 32, 24), dtype=np.uint16)

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import highdicom as hd
@@ -19,7 +17,6 @@ import numpy as np
 import pydicom
 import pytest
 import redis
-import sqlalchemy as sa
 from pydicom.sr.codedict import codes as pydicom_codes
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
@@ -27,33 +24,13 @@ from pynetdicom.sop_class import MRImageStorage
 from db import JobStore
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from dicom_io.scu import echo, send_files
-from tests.conftest import require_tool
-from tests.test_services import POSTGRES_URL, REDIS_URL
+from tests.conftest import (DCMTK_ENV, REDIS_URL, free_port, postgres_schema, require_tool, schema_url,
+                            storescp, wait_until)
 from training.phantom import PhantomParams
 from training.studies import write_phantom_study
 from worker.settings import Settings
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 FINAL = ("done", "skipped", "failed", "export_failed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout_s: float, what: str, process: subprocess.Popen | None = None):
-    """Poll a condition that the system under test makes true; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"{what}: the process exited with {process.returncode}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +44,10 @@ def backend(request):
     if request.param == "embedded":
         yield {}
         return
-    schema = f"lumbarnode_node_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
     broker = REDIS_URL.rsplit("/", 1)[0] + "/7"
     redis.Redis.from_url(broker).flushdb()
-    yield {"database_url": f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", "broker_url": broker}
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-    engine.dispose()
+    with postgres_schema("lumbarnode_node") as schema:
+        yield {"database_url": schema_url(schema), "broker_url": broker}
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +55,8 @@ def pacs(tmp_path_factory):
     """DCMTK storescp as the PACS receiving the results."""
     port = free_port()
     folder = tmp_path_factory.mktemp("pacs")
-    process = subprocess.Popen([require_tool("storescp"), "-aet", "PACS", "-od", str(folder), "+uf", str(port)],
-                               env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: echo("PACS", "127.0.0.1", port, calling_ae="PROBE"), 30, "storescp to listen", process)
-    yield port, folder
-    process.terminate()
-    process.wait(timeout=10)
+    with storescp("PACS", folder, port):
+        yield port, folder
 
 
 DOWN_PACS_PORT = free_port()  # nothing listens here until a test starts a PACS on it
@@ -229,17 +196,11 @@ def test_a_pacs_that_is_down_ends_in_export_failed_and_jobs_retry_delivers_later
     assert attempts[2].started_at - attempts[1].started_at > attempts[1].started_at - attempts[0].started_at
     folder = tmp_path / "latepacs"
     folder.mkdir()
-    pacs = subprocess.Popen([require_tool("storescp"), "-aet", "LATEPACS", "-od", str(folder), str(DOWN_PACS_PORT)],
-                            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: echo("LATEPACS", "127.0.0.1", DOWN_PACS_PORT, calling_ae="PROBE"), 30, "the PACS", pacs)
+    with storescp("LATEPACS", folder, DOWN_PACS_PORT):
         retry = subprocess.run([sys.executable, "-m", "worker.cli", "jobs", "retry", str(job.id)],
                                capture_output=True, text=True, env={**os.environ, **settings.environment()})
         assert retry.returncode == 0, retry.stderr
         wait_until(lambda: store.get_job(job.id).status == "done", 120, "the retried export")
-    finally:
-        pacs.terminate()
-        pacs.wait(timeout=10)
     assert set(received(folder)) == {job.seg_sop_instance_uid, job.sr_sop_instance_uid, job.key_sop_instance_uid}
     assert store.exports(job.id)[-1].status == "sent"
 

@@ -31,7 +31,7 @@ from dicom_io.mr_writer import MRSeriesInfo, build_mr_datasets
 from dicom_io.scu import echo
 from tests.conftest import require_tool
 from tests.test_faults import start_serve, stop_group
-from tests.test_node import DCMTK_ENV, free_port, wait_until
+from tests.conftest import DCMTK_ENV, free_port, wait_until
 from worker.settings import Settings
 
 FUZZ_CASES = int(os.environ.get("LUMBARNODE_FUZZ_CASES", "300"))

@@ -8,8 +8,8 @@ import os
 import redis
 import sqlalchemy as sa
 
-POSTGRES_URL = os.environ.get("LUMBARNODE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("LUMBARNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.conftest import POSTGRES_URL, REDIS_URL
+
 
 
 def test_postgresql_is_running_and_the_test_database_accepts_writes():

@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -44,7 +43,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from db import STATUSES, JobStore, JobView
-from db.models import Export
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,15 +127,6 @@ def overlay_path(job: JobView) -> Path | None:
     return path
 
 
-def export_attempt_counts(store: JobStore) -> dict[str, int]:
-    """Export attempts by status over all jobs (one aggregate query, read only)."""
-    counts = {"sent": 0, "failed": 0}
-    with store.engine.connect() as conn:
-        for status, count in conn.execute(sa.select(Export.status, sa.func.count()).group_by(Export.status)):
-            counts[status] = int(count)
-    return counts
-
-
 class JobMetrics(Collector):
     """Reads the job database at every scrape (see the module docstring for the names)."""
 
@@ -174,7 +163,7 @@ class JobMetrics(Collector):
         yield stages
         yield samples
 
-        attempts = export_attempt_counts(self.store)
+        attempts = self.store.count_exports_by_status()
         by_status = CounterMetricFamily("lumbarnode_export_attempts", "Export attempts recorded, by outcome",
                                         labels=["status"])
         for status, count in sorted(attempts.items()):

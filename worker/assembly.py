@@ -78,11 +78,6 @@ class SeriesAssembler:
 
     # --- called by the node's loop ---------------------------------------------------------
 
-    @property
-    def pending_count(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
     def poll(self) -> list[JobView]:
         """Make the jobs of every series that is complete now."""
         now = self.clock()

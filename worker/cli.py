@@ -284,7 +284,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from worker import tasks
 
     tasks.configure(settings)
-    if job.status in ("export_failed",) or (job.status == "running" and job.results_dir and args.export_only):
+    if job.status == "export_failed" or (job.status == "running" and job.results_dir and args.export_only):
         tasks.enqueue_export(job.id)
         store.add_event("retry", "export queued again by an operator", job_id=job.id)
         print(f"job {job.id}: export queued again (to {job.destination})")

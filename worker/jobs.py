@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from db import JobStore, JobView
+from dicom_io.errors import SeriesRefused
 from dicom_io.scu import SendError, send_files
+from dicom_io.series import load_series
 from worker.assembly import instance_files
 from worker.settings import Destination, Settings
 
@@ -57,9 +59,6 @@ def run_job(settings: Settings, store: JobStore, job_id: int) -> JobView | None:
     store.add_event("started", f"attempt {job.attempts}", job_id=job_id)
     try:
         started = time.perf_counter()
-        from dicom_io.errors import SeriesRefused
-        from dicom_io.series import load_series
-
         try:
             series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
         except SeriesRefused as exc:

@@ -125,7 +125,7 @@ def run_node(settings: Settings, with_workers: bool) -> int:
     node = Node(settings)
     workers = start_workers(settings) if with_workers else []
     if workers:
-        node.on_sweep = lambda: node._stop.is_set() or restart_dead_workers(settings, workers)
+        node.on_sweep = lambda: restart_dead_workers(settings, workers)
 
     def shut_down(signum, frame):
         log.info("stopping (signal %d)", signum)
@@ -147,18 +147,16 @@ def run_node(settings: Settings, with_workers: bool) -> int:
 
 def run_worker(settings: Settings, queues: str, concurrency: int) -> int:
     app = tasks.configure(settings)
-    served = queues.split(",")
-    pool = "solo" if concurrency == 1 and tasks.EXPORT_QUEUE not in served else "threads"
-    if tasks.INFERENCE_QUEUE in served and concurrency > 1:
-        pool = "prefork"  # the method is CPU/GPU bound: processes, each loading the model once
-    if tasks.INFERENCE_QUEUE in served:
-        # load the networks before the first job, not during it
-        if pool == "prefork":
-            from celery.signals import worker_process_init
+    if tasks.INFERENCE_QUEUE not in queues.split(","):
+        pool = "threads"  # export waits on the network
+    elif concurrency == 1:
+        pool = "solo"  # the method is CPU/GPU bound: one process that loads the networks now
+        jobs.models(settings)
+    else:
+        pool = "prefork"  # processes that each load the networks as they start, before their first job
+        from celery.signals import worker_process_init
 
-            worker_process_init.connect(lambda **_: jobs.models(settings), weak=False)
-        else:
-            jobs.models(settings)
+        worker_process_init.connect(lambda **_: jobs.models(settings), weak=False)
     app.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
                      "--hostname", f"lumbarnode-{queues.replace(',', '-')}-{os.getpid()}@%h",
                      "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"])

@@ -25,7 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_io.errors import SeriesRefused
-from dicom_io.key_image import NOT_FOR_DIAGNOSIS, build_key_image
+from dicom_io.key_image import build_key_image
 from dicom_io.results import Algorithm, LordosisFinding, Producer
 from dicom_io.seg import build_segmentation
 from dicom_io.series import Series, load_series

@@ -53,7 +53,7 @@ def configure(settings: Settings) -> Celery:
 
 
 def _context() -> tuple[Settings, JobStore]:
-    global _settings, _store
+    global _store
     if _settings is None:
         configure(Settings.from_env())
     if _store is None:
