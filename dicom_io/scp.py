@@ -8,10 +8,12 @@ are read from it (pydicom parses lazily, nothing else is decoded).
 
 - Calling AE titles not in the allow-list are rejected at association time (pynetdicom's
   `require_calling_aet`), and so is a wrong called AE title.
-- SOP classes we store: MR and Enhanced MR images and what a PACS sends with them
-  (presentation states, SR, key objects, secondary captures, spectroscopy, raw data); any
-  other storage SOP class gets the refusal status 0x0122 (SOP class not supported) instead
-  of an abort, so that a PACS pushing a mixed study sees clearly what was not taken.
+- SOP classes we store: MR and Enhanced MR images and what a PACS sends with them in a spine
+  study (CT, presentation states, SR, key objects, secondary captures, spectroscopy, raw
+  data): the series the method cannot use become `skipped` jobs with their reason, and the
+  PACS sees no error for a whole study pushed to the node. Any other storage SOP class gets
+  the refusal status 0x0122 (SOP class not supported) instead of an abort, so that a PACS
+  pushing an unusual study sees clearly what was not taken.
 - A duplicate SOP Instance UID is answered with success and keeps the file already stored.
 - Below a free-space watermark on the spool's disk, instances are refused with 0xA700
   (out of resources) before anything is written: nothing is ever stored truncated.
@@ -43,6 +45,8 @@ MR_IMAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
 }
 COMPANION_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage (CT of the spine in the same study)
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
     "1.2.840.10008.5.1.4.1.1.4.2",  # MR Spectroscopy Storage
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
     "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+from pynetdicom.sop_class import MRImageStorage, UltrasoundImageStorage
 
 from dicom_io.mr_writer import MRSeriesInfo, build_mr_datasets
 from dicom_io.scp import StorageSCP, spool_path
@@ -89,10 +89,10 @@ def test_a_duplicate_is_accepted_and_keeps_the_first_file(scp, tmp_path):
 def test_an_unsupported_sop_class_gets_a_refusal_status_not_an_abort(scp, tmp_path):
     listener, stored, _, refused = scp
     ds = pydicom.dcmread(series_files(tmp_path / "src", n=2)[0])
-    ds.SOPClassUID = CTImageStorage
-    ds.Modality = "CT"
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.Modality = "US"
     ae = AE(ae_title="PACS")
-    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(UltrasoundImageStorage)
     ae.add_requested_context(MRImageStorage)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="LUMBARNODE")
     assert assoc.is_established
@@ -102,7 +102,7 @@ def test_an_unsupported_sop_class_gets_a_refusal_status_not_an_abort(scp, tmp_pa
     mr = pydicom.dcmread(series_files(tmp_path / "src2", key="other", n=2)[0])
     assert assoc.send_c_store(mr).Status == 0x0000
     assoc.release()
-    assert refused == [f"sop_class_not_supported:{CTImageStorage}"]
+    assert refused == [f"sop_class_not_supported:{UltrasoundImageStorage}"]
     assert len(stored) == 1
 
 

@@ -154,20 +154,44 @@ class SeriesAssembler:
         return job
 
     def requeue_lost(self, job_timeout_s: float, received_after_s: float = 2.0) -> int:
-        """Queue again the jobs whose message was lost: never sent (`received`), or taken by a
-        worker that died (`running` without any update for job_timeout_s). Running a job twice
-        is harmless: the claim is idempotent and the results carry the same UIDs."""
+        """Queue again the jobs whose message was lost: never sent (`received`), taken by a
+        worker that died (`running` without any update for job_timeout_s), or gone from the
+        broker (`queued` for job_timeout_s). A message sent twice is harmless: only the first
+        claims the job, and a job run again gives results with the same UIDs."""
         now = datetime.now(UTC)
-        lost = self.store.jobs_in_status(["received"], older_than=now - timedelta(seconds=received_after_s))
+        never_sent = self.store.jobs_in_status(["received"], older_than=now - timedelta(seconds=received_after_s))
         silent = self.store.jobs_in_status(["running"], older_than=now - timedelta(seconds=job_timeout_s))
+        waiting = self.store.jobs_in_status(["queued"], older_than=now - timedelta(seconds=job_timeout_s))
         for job in silent:
             log.warning("job %d: running without news for %.0f s; its worker is presumed dead, queueing it again",
                         job.id, (now - job.updated_at).total_seconds())
             self.store.add_event("requeued", f"no progress for {job_timeout_s:.0f} s: worker presumed lost",
                                  job_id=job.id)
-        for job in [*lost, *silent]:
+        for job in [*never_sent, *silent]:
             self.queue(job.id)
-        return len(lost) + len(silent)
+        for job in waiting:
+            self._send_again(job.id, f"queued for {job_timeout_s:.0f} s: message presumed lost")
+        return len(never_sent) + len(silent) + len(waiting)
+
+    def resend_queued(self, why: str) -> int:
+        """Send the message of every queued job again: the broker may have lost what it held."""
+        queued = self.store.jobs_in_status(["queued"])
+        sent = sum(self._send_again(job.id, why) for job in queued)
+        if queued:
+            log.warning("%s: sent the messages of %d of %d queued jobs again", why, sent, len(queued))
+        return sent
+
+    def _send_again(self, job_id: int, why: str) -> bool:
+        """One more message for a queued job. Its status is left alone (a worker may be claiming
+        it this instant); its update time moves on, so the next sweep does not send it again."""
+        try:
+            self.enqueue(job_id)
+        except Exception as exc:
+            log.warning("job %d: the queue is not reachable (%s); will send it again", job_id, type(exc).__name__)
+            return False
+        self.store.update_job(job_id)
+        self.store.add_event("requeued", why, job_id=job_id)
+        return True
 
     def recover(self) -> int:
         """Queue again, after a quiet period, every spooled series no job covers yet."""

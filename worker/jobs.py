@@ -1,9 +1,11 @@
 """What a job does, independent of Celery: run the method on a job's series, and export
 its results. The Celery tasks in worker/tasks.py are thin wrappers around these.
 
-Both are idempotent. `run_job` claims the job (queued or running -> running; a job that
-is done, skipped or failed is left alone), so a message delivered twice, or again after a
-worker died, runs the method again at most, and the results carry the same UIDs. Export
+Both are idempotent. `run_job` claims the job (queued -> running, a compare-and-set), so of
+two messages for one job only the first runs it: a message sent again by the listener's
+sweep (its first was lost with a restarted broker, or its worker died) is harmless, and a
+job that is running, done, skipped or failed is left alone. A job whose worker died is
+queued again by the sweep; running it again gives results with the same UIDs. Export
 sends files from the job's results folder, so a retried export sends the same instances.
 """
 
@@ -24,6 +26,11 @@ from worker.settings import Destination, Settings
 
 log = logging.getLogger("lumbarnode.jobs")
 RESULT_FILES = ("seg.dcm", "sr.dcm", "key.dcm")
+# Series the method cannot use, found only once the pixels' geometry is read (mixed sizes,
+# one slice...): `skipped` like those triage turns away from headers. Files that should have
+# been usable but would not decode stay `failed`.
+NOT_FOR_THE_METHOD = frozenset({"not_mr", "not_sagittal", "mixed_series", "mixed_geometry", "single_slice",
+                                "duplicate_slice_positions", "missing_geometry", "unsupported_image"})
 
 _models = None  # loaded once per worker process
 
@@ -41,14 +48,17 @@ def results_dir(settings: Settings, job_id: int) -> Path:
     return settings.results_dir / f"job-{job_id}"
 
 
-def run_job(settings: Settings, store: JobStore, job_id: int) -> JobView | None:
+def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = False) -> JobView | None:
     """Run the method; on success the job stays `running` and is ready for export.
 
     Returns the job when its export should follow, None when there is nothing to export.
+    `resume`: this message already claimed the job before the job database went away, so
+    a `running` job is its own.
     """
     from worker import process
 
-    job = store.claim_job(job_id, from_statuses=("queued", "running"), to_status="running")
+    job = store.claim_job(job_id, from_statuses=("queued", "running") if resume else ("queued",),
+                          to_status="running")
     if job is None:
         current = store.get_job(job_id)
         log.info("job %d: not run, status is %s", job_id, current.status if current else "unknown")
@@ -62,9 +72,10 @@ def run_job(settings: Settings, store: JobStore, job_id: int) -> JobView | None:
         try:
             series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
         except SeriesRefused as exc:
-            store.set_status(job_id, "failed", reason=exc.reason, error=str(exc)[:2000],
+            status = "skipped" if exc.reason in NOT_FOR_THE_METHOD else "failed"
+            store.set_status(job_id, status, reason=exc.reason, error=str(exc)[:2000],
                              timings={**timings, "load_s": time.perf_counter() - started})
-            store.add_event("failed", f"{exc.reason}: {exc}", job_id=job_id)
+            store.add_event(status, f"{exc.reason}: {exc}", job_id=job_id)
             return None
         timings["load_s"] = time.perf_counter() - started
         loaded_models = models(settings)

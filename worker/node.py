@@ -48,6 +48,7 @@ class Node:
             min_free_bytes=settings.min_free_spool_mb * 2**20,
         )
         self._stop = threading.Event()
+        self._broker_instance: str | None = None
         self.on_sweep: Callable[[], None] | None = None  # serve: restart workers that died
 
     def _refused(self, sop_instance_uid: str, reason: str) -> None:
@@ -58,6 +59,9 @@ class Node:
 
     def start(self) -> None:
         self.assembler.recover()
+        # The broker may have lost messages while the node was down (a Redis restarted without
+        # persistence); a second message for a job is harmless.
+        self.assembler.resend_queued("node started: messages of queued jobs sent again")
         self.scp.start(self.settings.host, self.settings.port)
         log.info("listening as %s on %s:%d (spool %s)", self.settings.ae_title, self.settings.host, self.scp.port,
                  self.settings.spool_dir)
@@ -70,12 +74,22 @@ class Node:
             if time.monotonic() - last_sweep > SWEEP_S:
                 last_sweep = time.monotonic()
                 try:
+                    self._resend_if_the_broker_restarted()
                     self.assembler.requeue_lost(self.settings.job_timeout_s)
                 except Exception:
                     log.exception("could not look for jobs to queue again")
                 if self.on_sweep is not None:
                     self.on_sweep()
             self._stop.wait(POLL_S)
+
+    def _resend_if_the_broker_restarted(self) -> None:
+        instance = tasks.broker_instance()
+        if instance is None:
+            return  # not a Redis broker, or not reachable now (new jobs go back to `received`)
+        if self._broker_instance not in (None, instance):
+            log.warning("the broker restarted (run_id %s -> %s)", self._broker_instance, instance)
+            self.assembler.resend_queued("the broker restarted: its queued messages may be lost")
+        self._broker_instance = instance
 
     def stop(self) -> None:
         self._stop.set()

@@ -4,12 +4,17 @@ delivered again, one message at a time per worker process.
 
 Two queues: `inference` (GPU workers run the method) and `export` (C-STORE to the PACS, with
 retries and exponential backoff), so that a slow or absent PACS never holds a GPU.
+
+A job database that cannot be reached does not lose the message: the task is sent again a
+little later, as often as it takes (the job is still in the database, untouched or claimed
+by this very message).
 """
 
 from __future__ import annotations
 
 import logging
 
+import sqlalchemy.exc
 from celery import Celery
 
 from db import JobStore
@@ -18,6 +23,8 @@ from worker.settings import Settings
 
 log = logging.getLogger("lumbarnode.tasks")
 INFERENCE_QUEUE, EXPORT_QUEUE = "inference", "export"
+DATABASE_RETRY_S = 5.0
+DATABASE_AWAY = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)  # not reached, locked, cut
 
 app = Celery("lumbarnode")
 _settings: Settings | None = None
@@ -61,10 +68,23 @@ def _context() -> tuple[Settings, JobStore]:
     return _settings, _store
 
 
-@app.task(name="lumbarnode.process", acks_late=True, reject_on_worker_lost=True)
-def process_job(job_id: int) -> None:
+def _when_the_database_is_back(task, job_id: int, exc: Exception, **kwargs) -> None:
+    """Send this task's message again in a few seconds; the retry count is kept as it is."""
+    log.warning("job %d: the job database is not reachable (%s); %s again in %.0f s", job_id, type(exc).__name__,
+                task.name, DATABASE_RETRY_S)
+    task.apply_async((job_id,), kwargs, countdown=DATABASE_RETRY_S, retries=task.request.retries)
+
+
+@app.task(name="lumbarnode.process", bind=True, acks_late=True, reject_on_worker_lost=True)
+def process_job(self, job_id: int, resume: bool = False) -> None:
     settings, store = _context()
-    if jobs.run_job(settings, store, job_id) is not None:
+    try:
+        job = jobs.run_job(settings, store, job_id, resume=resume)
+    except DATABASE_AWAY as exc:
+        # Whether or not this message had claimed the job, it is the one to carry it on.
+        _when_the_database_is_back(self, job_id, exc, resume=True)
+        return
+    if job is not None:
         export_job.apply_async((job_id,), queue=EXPORT_QUEUE)
 
 
@@ -74,6 +94,8 @@ def export_job(self, job_id: int) -> None:
     last = self.request.retries >= settings.export_retries
     try:
         jobs.export_job(settings, store, job_id, last)
+    except DATABASE_AWAY as exc:
+        _when_the_database_is_back(self, job_id, exc)
     except jobs.ExportFailed as exc:
         delay = settings.export_backoff_s * 2 ** self.request.retries
         log.warning("job %d: export failed (%s); retry %d in %.1f s", job_id, exc, self.request.retries + 1, delay)
@@ -86,3 +108,23 @@ def enqueue_process(job_id: int) -> None:
 
 def enqueue_export(job_id: int) -> None:
     export_job.apply_async((job_id,), queue=EXPORT_QUEUE)
+
+
+def broker_instance() -> str | None:
+    """Which broker server is running now: Redis's run_id, new at every start. A change means
+    that the messages it held may be gone (a Redis without persistence loses them all).
+    None for brokers that keep their messages in a file (the embedded default) or when the
+    broker cannot be asked right now."""
+    url = app.conf.broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return str(client.info("server")["run_id"])
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, KeyError):
+        return None
