@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -95,6 +97,118 @@ def schema_url(schema: str) -> str:
     return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
 
 
+class RedisServer:
+    """A Redis of the test's own on a free port, as our deployments run it for the broker
+    but without persistence (the worst case: a restart loses every message it held)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port, self.process = folder, free_port(), None
+        folder.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            [require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_until(lambda: _answers(client), 20, "redis-server", self.process)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port)
+
+
+def _answers(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.kill()
+
+
+class TcpProxy:
+    """A TCP relay between the node and a server that the test can cut and restore: the
+    network to the job database failing as it does (connections reset, new ones refused)."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        listener.close()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            _close(connection)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                if self._listener is not listener:
+                    return
+                continue
+            with self._lock:
+                self._connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        _close(source)
+        _close(sink)
+
+
+def _close(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    connection.close()
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """Error lines that dicom3tools' dciodvfy reports for one file (warnings are not errors)."""
     result = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
@@ -132,9 +246,10 @@ def pytest_terminal_summary(terminalreporter):
 
     columns = ("case", "sent", "stored", "jobs", "lost", "duplicates", "note")
     terminalreporter.write_sep("=", "reliability")
-    terminalreporter.write_line(f"{'case':<44}{'sent':>7}{'stored':>8}{'jobs':>6}{'lost':>6}{'dupl.':>7}  note")
+    width = max(len(row["case"]) for row in _RELIABILITY) + 1
+    terminalreporter.write_line(f"{'case':<{width}}{'sent':>7}{'stored':>8}{'jobs':>6}{'lost':>6}{'dupl.':>7}  note")
     for row in _RELIABILITY:
-        terminalreporter.write_line(f"{row['case']:<44}{row.get('sent', ''):>7}{row.get('stored', ''):>8}"
+        terminalreporter.write_line(f"{row['case']:<{width}}{row.get('sent', ''):>7}{row.get('stored', ''):>8}"
                                     f"{row.get('jobs', ''):>6}{row.get('lost', ''):>6}{row.get('duplicates', ''):>7}"
                                     f"  {row.get('note', '')}")
     out = Path(__file__).resolve().parents[1] / "test-artifacts" / "reliability.json"
