@@ -9,7 +9,10 @@ Settings come from the same LUMBARNODE_* variables as the service itself.
 
 - listener: a real DICOM association and C-ECHO on 127.0.0.1:PORT, called AE = AE_TITLE,
   calling AE = the first entry of ALLOWED_CALLERS (the listener rejects unknown callers,
-  so an echo from an unlisted AE would fail even when the listener is fine).
+  so an echo from an unlisted AE would fail even when the listener is fine). When the
+  listener speaks DICOM TLS (TLS_CERT), so does the echo: it presents the node's own
+  certificate and verifies the listener's against TLS_CA, without the host name check
+  (127.0.0.1 is not the name in the certificate).
 - worker: a Celery control ping through the broker; healthy when a worker whose node name
   ends in @<this container's hostname> answers. This proves the broker is reachable and
   the worker consumes its control queue. A solo-pool worker (one inference process)
@@ -26,7 +29,10 @@ import urllib.request
 
 
 def check_listener(timeout_s: float) -> tuple[bool, str]:
+    import ssl
+
     from dicom_io.scu import echo
+    from dicom_io.tls import client_context
     from worker.settings import Settings
 
     settings = Settings.from_env()
@@ -34,8 +40,14 @@ def check_listener(timeout_s: float) -> tuple[bool, str]:
     if not callers and settings.require_known_caller:
         return False, "ALLOWED_CALLERS is empty and REQUIRE_KNOWN_CALLER is on: no caller may associate"
     calling = callers[0] if callers else "HEALTHCHECK"
-    ok = echo(settings.ae_title, "127.0.0.1", settings.port, calling_ae=calling, timeout_s=timeout_s)
-    where = f"{settings.ae_title}@127.0.0.1:{settings.port} (calling AE {calling})"
+    tls = None
+    if settings.tls_cert is not None:
+        tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        tls.check_hostname = False
+        if settings.tls_ca is None:
+            tls.verify_mode = ssl.CERT_NONE  # no CA to verify against: the probe asks only whether it answers
+    ok = echo(settings.ae_title, "127.0.0.1", settings.port, calling_ae=calling, timeout_s=timeout_s, tls=tls)
+    where = f"{settings.ae_title}@127.0.0.1:{settings.port} (calling AE {calling}{', TLS' if tls else ''})"
     return ok, f"C-ECHO {where}: {'success' if ok else 'no success'}"
 
 

@@ -17,6 +17,11 @@ are read from it (pydicom parses lazily, nothing else is decoded).
 - A duplicate SOP Instance UID is answered with success and keeps the file already stored.
 - Below a free-space watermark on the spool's disk, instances are refused with 0xA700
   (out of resources) before anything is written: nothing is ever stored truncated.
+- With an `ssl_context` (see `dicom_io.tls`) the listener speaks DICOM TLS only. The TLS
+  handshake runs in the connection's own thread with the ARTIM timeout, not in pynetdicom's
+  accept loop, where a caller that connects and sends nothing would block every other caller
+  for good. A failed handshake (no or untrusted client certificate, plain TCP) is logged
+  with the peer's address and closes that connection only.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -120,9 +127,11 @@ class StorageSCP:
         on_association_end: Callable[[int], None] = lambda association: None,
         on_refused: Callable[[str, str], None] = lambda what, reason: None,
         min_free_bytes: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.spool = Path(spool)
         self.min_free_bytes = min_free_bytes
+        self.ssl_context = ssl_context
         self._on_stored = on_stored
         self._on_end = on_association_end
         self._on_refused = on_refused
@@ -204,6 +213,24 @@ class StorageSCP:
         requestor = event.assoc.requestor
         log.warning("association from %s (%s) rejected", str(requestor.ae_title).strip(), requestor.address)
 
+    def _handle_tls_open(self, event) -> None:
+        """The TLS handshake of a new connection, in its own thread (see _HandshakeLater)."""
+        connection = event.assoc.dul.socket
+        sock = connection.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return
+        try:
+            sock.settimeout(self.ae.acse_timeout)
+            sock.do_handshake()
+            sock.settimeout(None)  # pynetdicom polls a blocking socket
+            return
+        except TimeoutError:
+            reason = f"no handshake within {self.ae.acse_timeout:g} s"
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or type(exc).__name__
+        log.warning("TLS handshake with %s:%s failed: %s", *event.address[:2], reason)
+        connection.close()  # the association ends before it began
+
     # --- server ---------------------------------------------------------------------------
 
     def start(self, host: str, port: int) -> None:
@@ -214,7 +241,11 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._handle_end),
             (evt.EVT_REJECTED, self._handle_rejected),
         ]
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
+        tls = None
+        if self.ssl_context is not None:
+            handlers.append((evt.EVT_CONN_OPEN, self._handle_tls_open))
+            tls = cast(ssl.SSLContext, _HandshakeLater(self.ssl_context))  # pynetdicom only calls wrap_socket
+        self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
 
     @property
     def port(self) -> int:
@@ -224,6 +255,17 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+class _HandshakeLater:
+    """Stands in for the SSLContext given to pynetdicom, which wraps each accepted socket in
+    its accept loop: here without the handshake, which `_handle_tls_open` does afterwards."""
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+
+    def wrap_socket(self, sock, server_side: bool = True) -> ssl.SSLSocket:
+        return self.context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False)
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -4,10 +4,15 @@ One association per call, proposing each file's SOP class in the transfer syntax
 stored in (plus explicit and implicit VR little endian). The outcome of every file is
 returned; a PACS that cannot be reached, rejects or aborts the association raises
 `SendError` so that the caller can retry.
+
+With `tls` (a client context from `dicom_io.tls`) the association runs over TLS: the peer's
+certificate must verify and name `server_hostname` (default: `host`), else there is no
+association: a PACS that cannot be verified is sent nothing.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +52,12 @@ class SendResult:
 
 
 def send_files(paths: Sequence[Path], ae_title: str, host: str, port: int, *, calling_ae: str = "LUMBARNODE",
-               timeout_s: float = 30.0) -> SendResult:
+               timeout_s: float = 30.0, tls: ssl.SSLContext | None = None,
+               server_hostname: str | None = None) -> SendResult:
     headers = [(Path(p), pydicom.dcmread(p, stop_before_pixels=True)) for p in paths]
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s  # also bounds the TLS handshake, which has no other timeout
     contexts: dict[tuple[str, str], None] = {}
     for _, ds in headers:
         stored = str(ds.file_meta.TransferSyntaxUID)
@@ -58,7 +65,7 @@ def send_files(paths: Sequence[Path], ae_title: str, host: str, port: int, *, ca
     for sop_class, stored in contexts:
         syntaxes = list(dict.fromkeys([stored, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
         ae.requested_contexts = [*ae.requested_contexts, build_context(sop_class, syntaxes)]
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=_tls_args(tls, host, server_hostname))
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
         raise SendError(f"association with {ae_title}@{host}:{port} {reason}")
@@ -75,12 +82,14 @@ def send_files(paths: Sequence[Path], ae_title: str, host: str, port: int, *, ca
     return SendResult(tuple(sent))
 
 
-def echo(ae_title: str, host: str, port: int, *, calling_ae: str = "LUMBARNODE", timeout_s: float = 10.0) -> bool:
+def echo(ae_title: str, host: str, port: int, *, calling_ae: str = "LUMBARNODE", timeout_s: float = 10.0,
+         tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> bool:
     """C-ECHO: True when the node answers with success."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s  # also bounds the TLS handshake, which has no other timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=_tls_args(tls, host, server_hostname))
     if not assoc.is_established:
         return False
     try:
@@ -88,3 +97,7 @@ def echo(ae_title: str, host: str, port: int, *, calling_ae: str = "LUMBARNODE",
         return bool(status) and status.Status == 0x0000
     finally:
         assoc.release()
+
+
+def _tls_args(tls: ssl.SSLContext | None, host: str, server_hostname: str | None) -> tuple[ssl.SSLContext, str] | None:
+    return None if tls is None else (tls, server_hostname or host)

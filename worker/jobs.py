@@ -135,12 +135,13 @@ def export_job(settings: Settings, store: JobStore, job_id: int, last_attempt: b
     started, clock = datetime.now(UTC), time.perf_counter()
     try:
         result = send_files(files, destination.ae_title, destination.host, destination.port,
-                            calling_ae=settings.ae_title)
+                            calling_ae=settings.ae_title, tls=settings.export_tls_context(),
+                            server_hostname=destination.host)
         error = None if result.ok else f"the destination refused some objects (statuses {result.statuses})"
         statuses = result.statuses
     except SendError as exc:
         error, statuses = str(exc), None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: unreadable TLS files (a recorded, retried failure)
         error, statuses = f"{type(exc).__name__}: {exc}", None
     store.add_export(job_id, destination=job.destination, attempt=attempt, status="failed" if error else "sent",
                      dimse_status=statuses, error=error, started_at=started, finished_at=datetime.now(UTC))

@@ -46,6 +46,7 @@ class Node:
             on_association_end=self.assembler.association_ended,
             on_refused=self._refused,
             min_free_bytes=settings.min_free_spool_mb * 2**20,
+            ssl_context=settings.listener_tls(),
         )
         self._stop = threading.Event()
         self._broker_instance: str | None = None
@@ -63,8 +64,14 @@ class Node:
         # persistence); a second message for a job is harmless.
         self.assembler.resend_queued("node started: messages of queued jobs sent again")
         self.scp.start(self.settings.host, self.settings.port)
-        log.info("listening as %s on %s:%d (spool %s)", self.settings.ae_title, self.settings.host, self.scp.port,
-                 self.settings.spool_dir)
+        log.info("listening as %s on %s:%d%s (spool %s)", self.settings.ae_title, self.settings.host, self.scp.port,
+                 self.tls_note, self.settings.spool_dir)
+
+    @property
+    def tls_note(self) -> str:
+        if self.scp.ssl_context is None:
+            return ""
+        return ", DICOM TLS on" + (" (client certificates required)" if self.settings.tls_ca else "")
 
     def run(self) -> None:
         """Assemble series until stop() is called."""
@@ -148,7 +155,7 @@ def run_node(settings: Settings, with_workers: bool) -> int:
     previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         node.start()
-        print(f"lumbarnode: {settings.ae_title} listening on {settings.host}:{node.scp.port}"
+        print(f"lumbarnode: {settings.ae_title} listening on {settings.host}:{node.scp.port}{node.tls_note}"
               f"{' with embedded workers' if workers else ''}; Ctrl-C stops", flush=True)
         node.run()
     finally:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+
+from dicom_io import tls
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 _PREFIX = "LUMBARNODE_"
@@ -77,6 +80,11 @@ class Settings:
     min_free_spool_mb: int = 500  # below this much free space the listener refuses instances (0xA700)
     admin_host: str = "127.0.0.1"  # `lumbarnode admin` (page, JSON API, /metrics): loopback unless set
     admin_port: int = 8080
+    # DICOM TLS (see dicom_io.tls): PEM files
+    tls_cert: Path | None = None  # the node's certificate; with tls_key the listener speaks TLS only
+    tls_key: Path | None = None  # its private key, unencrypted
+    tls_ca: Path | None = None  # trusted CA: callers must present a certificate it issued; verifies the PACS
+    export_tls: bool = False  # export over TLS (verifying the destination against tls_ca, presenting tls_cert)
     # where things live
     data_dir: Path = Path("var")  # relative paths are taken from the working directory
     spool_dir: Path | None = None  # default data_dir/spool
@@ -98,6 +106,13 @@ class Settings:
             raise ValueError(f"port {self.port} is not a TCP port")
         if not 0 < len(self.ae_title) <= 16:
             raise ValueError(f"AE title {self.ae_title!r} must be 1 to 16 characters")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (the listener speaks TLS only) or neither")
+        if self.export_tls and self.tls_ca is None:
+            raise ValueError("export_tls needs tls_ca, the CA that the destination's certificate is verified against")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -115,6 +130,16 @@ class Settings:
         typed = {name: _parse(value, _field(name, "settings"), f"{_PREFIX}{name.upper()}")
                  for name, value in values.items()}
         return cls(**typed)
+
+    def listener_tls(self) -> ssl.SSLContext | None:
+        """The listener's TLS context (mutual TLS when tls_ca is set); None: plain TCP."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return tls.server_context(self.tls_cert, self.tls_key, self.tls_ca)
+
+    def export_tls_context(self) -> ssl.SSLContext | None:
+        """The exports' TLS context; None: plain TCP."""
+        return tls.client_context(self.tls_ca, self.tls_cert, self.tls_key) if self.export_tls else None
 
     def weights(self, model: str) -> Path:
         return self.model_dir / f"{model}.weights.h5"
@@ -139,6 +164,8 @@ class Settings:
         """These settings as LUMBARNODE_* variables, for the processes a node starts."""
         out = {}
         for k, v in self.as_dict().items():
+            if v is None:
+                v = ""  # an unset path: empty, which reads back as None
             out[f"{_PREFIX}{k.upper()}"] = ("true" if v else "false") if isinstance(v, bool) else str(v)
         return out
 
