@@ -126,6 +126,7 @@ class StorageSCP:
         on_stored: Callable[[StoredInstance], None] = lambda instance: None,
         on_association_end: Callable[[int], None] = lambda association: None,
         on_refused: Callable[[str, str], None] = lambda what, reason: None,
+        on_rejected: Callable[[str, str], None] = lambda calling_ae, reason: None,
         min_free_bytes: int = 0,
         ssl_context: ssl.SSLContext | None = None,
     ):
@@ -135,6 +136,7 @@ class StorageSCP:
         self._on_stored = on_stored
         self._on_end = on_association_end
         self._on_refused = on_refused
+        self._on_rejected = on_rejected
         self._server = None
         self._ids: dict[int, int] = {}
         self._next_id = 0
@@ -210,8 +212,17 @@ class StorageSCP:
             self._on_end(association)
 
     def _handle_rejected(self, event) -> None:
-        requestor = event.assoc.requestor
-        log.warning("association from %s (%s) rejected", str(requestor.ae_title).strip(), requestor.address)
+        request = event.assoc.requestor.primitive
+        calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
+        allowed = [str(ae).strip() for ae in self.ae.require_calling_aet]
+        if allowed and calling not in allowed:
+            reason = f"calling AE title {calling!r} is not an allowed caller"
+        elif called != str(self.ae.ae_title).strip():
+            reason = f"called AE title {called!r} is not this node's ({str(self.ae.ae_title).strip()!r})"
+        else:
+            reason = "too many associations"
+        log.warning("association from %s rejected: %s", event.assoc.requestor.address, reason)
+        self._on_rejected(calling, reason)
 
     def _handle_tls_open(self, event) -> None:
         """The TLS handshake of a new connection, in its own thread (see _HandshakeLater)."""

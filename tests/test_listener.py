@@ -5,6 +5,7 @@ the whole node."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -74,6 +75,29 @@ def test_echo_succeeds_and_an_unknown_caller_is_rejected(scp):
     done = subprocess.run([require_tool("echoscu"), "-aet", "STORESCU", "-aec", "LUMBARNODE", "127.0.0.1",
                            str(listener.port)], capture_output=True, text=True, env=DCMTK_ENV)
     assert done.returncode == 0, done.stderr
+
+
+def test_rejections_say_why_in_the_log_and_to_the_node(tmp_path, caplog):
+    """An admin reading the log (and the node's events) sees who was turned away and why."""
+    rejected = []
+    listener = StorageSCP("LUMBARNODE", tmp_path / "spool", allowed_callers={"PACS"},
+                          transfer_syntaxes=[str(t) for t in decodable_transfer_syntaxes()],
+                          on_rejected=lambda calling, reason: rejected.append((calling, reason)))
+    listener.start("127.0.0.1", 0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="lumbarnode.scp"):
+            assert not echo("LUMBARNODE", "127.0.0.1", listener.port, calling_ae="INTRUDER")
+            done = subprocess.run([require_tool("echoscu"), "-aet", "PACS", "-aec", "OTHERNODE", "127.0.0.1",
+                                   str(listener.port)], capture_output=True, text=True, env=DCMTK_ENV)
+            assert done.returncode != 0  # DCMTK's echoscu, called with the wrong AE title
+            assert echo("LUMBARNODE", "127.0.0.1", listener.port, calling_ae="PACS")  # the right one still works
+    finally:
+        listener.stop()
+    assert rejected == [("INTRUDER", "calling AE title 'INTRUDER' is not an allowed caller"),
+                        ("PACS", "called AE title 'OTHERNODE' is not this node's ('LUMBARNODE')")]
+    warnings = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(warnings) == 2 and "127.0.0.1" in warnings[0]
+    assert "'INTRUDER' is not an allowed caller" in warnings[0] and "'OTHERNODE'" in warnings[1]
 
 
 def test_a_duplicate_is_accepted_and_keeps_the_first_file(scp, tmp_path):

@@ -45,6 +45,7 @@ class Node:
             on_stored=self.assembler.instance_stored,
             on_association_end=self.assembler.association_ended,
             on_refused=self._refused,
+            on_rejected=self._rejected,
             min_free_bytes=settings.min_free_spool_mb * 2**20,
             ssl_context=settings.listener_tls(),
         )
@@ -57,6 +58,12 @@ class Node:
             self.store.add_event("instance_refused", f"instance {sop_instance_uid}: {reason}")
         except Exception:  # the refusal is already logged; a database hiccup must not break the listener
             log.warning("could not record the refusal of %s", sop_instance_uid)
+
+    def _rejected(self, calling_ae: str, reason: str) -> None:
+        try:
+            self.store.add_event("association_rejected", reason[:300])
+        except Exception:
+            log.warning("could not record the rejection of an association from %r", calling_ae)
 
     def start(self) -> None:
         self.assembler.recover()
