@@ -34,7 +34,8 @@ bench: install system-deps services
 # Faults, load and fuzzing with the figures table (10,000 fuzz cases; `make test` runs 300).
 reliability: install system-deps services
 	LUMBARNODE_FUZZ_CASES=10000 $(BIN)/python -m pytest -q -p no:warnings tests/test_faults.py \
-	  tests/test_reliability.py tests/test_node.py $(PYTEST_ARGS)
+	  tests/test_reliability.py tests/test_node.py tests/test_unusable_series.py tests/test_tls.py \
+	  tests/test_listener.py $(PYTEST_ARGS)
 
 install: $(STAMP)
 
