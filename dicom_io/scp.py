@@ -99,8 +99,10 @@ def is_uid(value: object) -> bool:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, flushed to disk, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Temporary file in the same folder, flushed to disk, renamed into place, and the rename
+    itself made durable (the folder flushed too): after a power cut the instance is there
+    whole or not at all, and it is there if the sender was told success."""
+    _make_folders_durably(path.parent)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -111,6 +113,28 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_folders_durably(folder: Path) -> None:
+    """mkdir -p, flushing the parent of every folder it creates (a study's first instance)."""
+    if folder.is_dir():
+        return
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        fsync_folder(created.parent)
 
 
 class StorageSCP:

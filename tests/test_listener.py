@@ -202,3 +202,31 @@ def test_config_prints_the_effective_settings_without_passwords(tmp_path):
     assert shown["ae_title"] == "SITE_AI" and shown["spool_dir"] == str(tmp_path / "spool")
     assert "s3cret" not in done.stdout and "hunter2" not in done.stdout
     assert shown["database_url"].startswith("postgresql+psycopg://lumbar:") and "@db:5432/lumbarnode" in shown["database_url"]
+
+
+def test_a_stored_instance_is_durable_before_success(tmp_path, monkeypatch):
+    """The data, the new folders and the rename are each flushed to disk before the listener
+    answers success (a power cut after the answer must not lose the instance). What is
+    flushed is read from the kernel (/proc/self/fd), in the order it happens."""
+    from dicom_io import scp as scp_module
+
+    flushed = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        flushed.append(("folder" if target.is_dir() else "file", target))
+        real_fsync(fd)
+
+    monkeypatch.setattr(scp_module.os, "fsync", recording_fsync)
+    path = tmp_path / "spool" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
+    (tmp_path / "spool").mkdir()
+    scp_module.write_atomically(path, b"DICM data")
+    kinds = [(kind, target.relative_to(tmp_path)) for kind, target in flushed]
+    assert kinds[:2] == [("folder", Path("spool")), ("folder", Path("spool/1.2.3"))]  # the new folders' entries
+    assert kinds[2][0] == "file" and kinds[2][1].name.endswith(".part")  # the data, before the rename
+    assert kinds[3:] == [("folder", Path("spool/1.2.3/1.2.3.4"))]  # the rename
+    assert path.read_bytes() == b"DICM data" and not list(path.parent.glob("*.part"))
+    flushed.clear()
+    scp_module.write_atomically(path.with_name("1.2.3.4.6.dcm"), b"more")  # folders exist: data and rename only
+    assert [kind for kind, _ in flushed] == ["file", "folder"]
