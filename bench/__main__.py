@@ -77,10 +77,12 @@ def print_table(report: dict) -> None:
     if "ingest" in f:
         i = f["ingest"]
         print(f"\ningest ({i['instances']} instances {i['size']}; median of {i['node_1_assoc']['runs']} runs)")
-        print(f"{'':<24}{'node /s':>10}{'storescp /s':>13}{'ratio':>8}")
+        print(f"{'':<24}{'node /s':>10}{'storescp /s':>13}{'ratio':>8}{'pynetdicom bare /s':>20}{'ratio':>8}")
         for n in (1, 4):
             print(f"{f'{n} association(s)':<24}{i[f'node_{n}_assoc']['median']:>10.0f}"
-                  f"{i[f'storescp_{n}_assoc']['median']:>13.0f}{i[f'ratio_{n}_assoc']:>8.2f}")
+                  f"{i[f'storescp_{n}_assoc']['median']:>13.0f}{i[f'ratio_{n}_assoc']:>8.2f}"
+                  f"{i[f'pynetdicom_bare_{n}_assoc']['median']:>20.0f}{i[f'bare_ratio_{n}_assoc']:>8.2f}")
+        print("  (pynetdicom bare: an SCP that answers success and stores nothing: the ceiling of any pynetdicom node)")
     for run in f.get("latency", []):
         s = run["seconds"]
         print(f"\nend-to-end latency, {run['backend']}: median {s['median']:.2f} s (min {s['min']:.2f}, max {s['max']:.2f}, "

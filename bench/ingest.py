@@ -1,11 +1,15 @@
 """Ingest: instances per second that DCMTK `storescu` gets stored by the node's listener
 (`lumbarnode listen`: allow-list, spool written through fsync + rename, series assembly),
-against DCMTK `storescp` writing the same files into a folder, in the same run.
-One association with 300 single-frame 320x320 MR instances, and 4 parallel associations."""
+against DCMTK `storescp` writing the same files into a folder, in the same run, and against
+pynetdicom's own ceiling (an SCP whose handler only answers success: bench/bare_scp.py),
+which says how much of the gap is pynetdicom's and how much the node's. One association
+with 300 single-frame 320x320 MR instances, and 4 parallel associations; the receivers
+take turns in every repeat so that a busy moment of the machine hits them alike."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +56,10 @@ def one_run(receiver: str, parallel: int, work: Path, run: int) -> float:
         process = subprocess.Popen([tool("storescp"), "-aet", "PEER", "-od", str(out), *(["--fork"] if parallel > 1 else []),
                                     str(port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         called = "PEER"
+    elif receiver == "pynetdicom_bare":
+        process = subprocess.Popen([sys.executable, "-m", "bench.bare_scp", str(port)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        called = "BARE"
     else:
         env = {"LUMBARNODE_DATA_DIR": str(out), "LUMBARNODE_PORT": str(port), "LUMBARNODE_HOST": "127.0.0.1",
                "LUMBARNODE_ALLOWED_CALLERS": "STORESCU", "LUMBARNODE_QUIET_PERIOD_S": "60"}
@@ -64,21 +72,27 @@ def one_run(receiver: str, parallel: int, work: Path, run: int) -> float:
         stop(process)
     stored = sum(1 for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".db"
                  and "-wal" not in p.name and "-shm" not in p.name)
-    if stored < len(files):
+    if receiver != "pynetdicom_bare" and stored < len(files):
         raise RuntimeError(f"{receiver}: {stored} of {len(files)} instances stored")
     return len(files) / seconds
+
+
+RECEIVERS = ("storescp", "pynetdicom_bare", "node")
 
 
 def run(repeats: int = 3) -> dict:
     results: dict[str, dict] = {}
     for parallel in (1, 4):
-        for receiver in ("storescp", "node"):
-            rates = []
-            for k in range(repeats):
+        rates: dict[str, list[float]] = {receiver: [] for receiver in RECEIVERS}
+        for k in range(repeats):
+            for receiver in RECEIVERS if k % 2 == 0 else reversed(RECEIVERS):
                 with tempfile.TemporaryDirectory(prefix="lumbarnode-bench-") as work:
-                    rates.append(one_run(receiver, parallel, Path(work), k))
-            results[f"{receiver}_{parallel}_assoc"] = summary(rates)
+                    rates[receiver].append(one_run(receiver, parallel, Path(work), k))
+        for receiver in RECEIVERS:
+            results[f"{receiver}_{parallel}_assoc"] = summary(rates[receiver])
         node, peer = results[f"node_{parallel}_assoc"]["median"], results[f"storescp_{parallel}_assoc"]["median"]
+        bare = results[f"pynetdicom_bare_{parallel}_assoc"]["median"]
         results[f"ratio_{parallel}_assoc"] = node / peer
+        results[f"bare_ratio_{parallel}_assoc"] = bare / peer
     return {"instances": INSTANCES, "size": "320x320 uint16, explicit VR little endian",
             "unit": "instances/s", **results}
