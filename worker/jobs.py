@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +51,28 @@ def results_dir(settings: Settings, job_id: int) -> Path:
     return settings.results_dir / f"job-{job_id}"
 
 
+@contextmanager
+def heartbeat(store: JobStore, job_id: int, every_s: float) -> Iterator[None]:
+    """While the method runs, the job's update time moves on, so that a `running` job silent
+    for JOB_TIMEOUT_S has truly lost its worker (a slow one is not queued a second time)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                store.update_job(job_id)
+            except Exception as exc:  # the database away for a moment: the next beat tries again
+                log.warning("job %d: heartbeat not recorded (%s)", job_id, type(exc).__name__)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-job-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = False) -> JobView | None:
     """Run the method; on success the job stays `running` and is ready for export.
 
@@ -67,31 +92,32 @@ def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = Fal
     if job.queued_at is not None:
         timings["queue_wait_s"] = (datetime.now(UTC) - job.queued_at).total_seconds()
     store.add_event("started", f"attempt {job.attempts}", job_id=job_id)
-    try:
-        started = time.perf_counter()
+    with heartbeat(store, job_id, every_s=settings.job_timeout_s / 3):
         try:
-            series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
-        except SeriesRefused as exc:
-            status = "skipped" if exc.reason in NOT_FOR_THE_METHOD else "failed"
-            store.set_status(job_id, status, reason=exc.reason, error=str(exc)[:2000],
-                             timings={**timings, "load_s": time.perf_counter() - started})
-            store.add_event(status, f"{exc.reason}: {exc}", job_id=job_id)
+            started = time.perf_counter()
+            try:
+                series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
+            except SeriesRefused as exc:
+                status = "skipped" if exc.reason in NOT_FOR_THE_METHOD else "failed"
+                store.set_status(job_id, status, reason=exc.reason, error=str(exc)[:2000],
+                                 timings={**timings, "load_s": time.perf_counter() - started})
+                store.add_event(status, f"{exc.reason}: {exc}", job_id=job_id)
+                return None
+            timings["load_s"] = time.perf_counter() - started
+            loaded_models = models(settings)
+            timings["model_load_s"] = time.perf_counter() - started - timings["load_s"]
+            outputs = process.process_loaded(series, loaded_models, settings)
+            timings.update(outputs.timings)
+            folder = results_dir(settings, job_id)
+            if folder.exists():
+                shutil.rmtree(folder)  # a re-run writes the same objects again
+            process.write_outputs(outputs, folder)
+        except Exception as exc:
+            log.exception("job %d: the method failed", job_id)
+            store.set_status(job_id, "failed", reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
+                             timings=timings)
+            store.add_event("failed", f"{type(exc).__name__}: {exc}"[:500], job_id=job_id)
             return None
-        timings["load_s"] = time.perf_counter() - started
-        loaded_models = models(settings)
-        timings["model_load_s"] = time.perf_counter() - started - timings["load_s"]
-        outputs = process.process_loaded(series, loaded_models, settings)
-        timings.update(outputs.timings)
-        folder = results_dir(settings, job_id)
-        if folder.exists():
-            shutil.rmtree(folder)  # a re-run writes the same objects again
-        process.write_outputs(outputs, folder)
-    except Exception as exc:
-        log.exception("job %d: the method failed", job_id)
-        store.set_status(job_id, "failed", reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
-                         timings=timings)
-        store.add_event("failed", f"{type(exc).__name__}: {exc}"[:500], job_id=job_id)
-        return None
     result = outputs.result
     if outputs.refused:
         store.set_status(job_id, "failed", reason="no_spine_found", error=result["refused"], timings=timings,
