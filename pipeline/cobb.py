@@ -88,6 +88,20 @@ def axis_tilt_deg(mask: np.ndarray, spacing: tuple[float, float]) -> float | Non
     return float(np.degrees(np.arctan2(dy, dx)))
 
 
+def column_tilt_deg(upper_px: Point, lower_px: Point, spacing: tuple[float, float]) -> float:
+    """Tilt, in the convention of fit_superior_endplate, of a line square to the spinal column
+    between two vertebral body centroids (pixels, (row, col)): the angle of the direction from
+    the lower centroid to the upper one from superior, positive toward anterior.
+
+    An endplate lies within a disc or body wedge (well under 25 deg) of square to the column, so
+    this guides the fit where no disc is labelled (the per-level reference masks label bodies
+    only): unguided, a body whose posterior wall is straighter than its endplate yields the wall.
+    """
+    up, low = to_mm(np.array([upper_px[0], lower_px[0]]), np.array([upper_px[1], lower_px[1]]), spacing)
+    dx, dy = up - low
+    return float(np.degrees(np.arctan2(-dx, dy)))
+
+
 def fit_superior_endplate(
     mask: np.ndarray,
     spacing: tuple[float, float],

@@ -125,3 +125,20 @@ def test_sacrum_endplate_follows_the_disc_not_the_long_anterior_surface(spacing)
     direction = lambda e: np.degrees(np.arctan2(e.direction_mm[1], e.direction_mm[0]))  # noqa: E731
     assert abs(direction(free) - 40.0) > 20.0  # the unguided fit is fooled
     assert direction(guided) == pytest.approx(40.0, abs=0.5)
+
+
+@pytest.mark.parametrize("spacing", [(0.9, 0.9), (0.6, 0.9)])
+@pytest.mark.parametrize("tilt", [-30.0, 0.0, 20.0])
+def test_column_tilt_is_square_to_the_line_between_centroids(spacing, tilt):
+    from pipeline.cobb import column_tilt_deg
+
+    # Two centroids 30 mm apart along the column's superior direction, which is turned by tilt
+    # toward anterior (-x): the endplate square to that column has exactly that tilt.
+    a = np.radians(tilt)
+    lower_mm = np.array([100.0, -200.0])
+    upper_mm = lower_mm + 30.0 * np.array([-np.sin(a), np.cos(a)])
+    upper_px, lower_px = to_px(upper_mm, spacing), to_px(lower_mm, spacing)
+    got = column_tilt_deg(tuple(upper_px), tuple(lower_px), spacing)
+    assert got == pytest.approx(tilt, abs=1e-9)
+    # Swapping the bodies turns the column upside down: far from the truth, so the order matters.
+    assert abs(column_tilt_deg(tuple(lower_px), tuple(upper_px), spacing) - tilt) > 90
