@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from db import JobStore, JobView
 from dicom_io.errors import SeriesRefused
@@ -26,6 +27,9 @@ from dicom_io.scu import SendError, send_files
 from dicom_io.series import load_series
 from worker.assembly import instance_files
 from worker.settings import Destination, Settings
+
+if TYPE_CHECKING:
+    from worker.process import Outputs  # imports TensorFlow: inference workers only
 
 log = logging.getLogger("lumbarnode.jobs")
 RESULT_FILES = ("seg.dcm", "sr.dcm", "key.dcm")
@@ -80,8 +84,6 @@ def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = Fal
     `resume`: this message already claimed the job before the job database went away, so
     a `running` job is its own.
     """
-    from worker import process
-
     job = store.claim_job(job_id, from_statuses=("queued", "running") if resume else ("queued",),
                           to_status="running")
     if job is None:
@@ -93,31 +95,10 @@ def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = Fal
         timings["queue_wait_s"] = (datetime.now(UTC) - job.queued_at).total_seconds()
     store.add_event("started", f"attempt {job.attempts}", job_id=job_id)
     with heartbeat(store, job_id, every_s=settings.job_timeout_s / 3):
-        try:
-            started = time.perf_counter()
-            try:
-                series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
-            except SeriesRefused as exc:
-                status = "skipped" if exc.reason in NOT_FOR_THE_METHOD else "failed"
-                store.set_status(job_id, status, reason=exc.reason, error=str(exc)[:2000],
-                                 timings={**timings, "load_s": time.perf_counter() - started})
-                store.add_event(status, f"{exc.reason}: {exc}", job_id=job_id)
-                return None
-            timings["load_s"] = time.perf_counter() - started
-            loaded_models = models(settings)
-            timings["model_load_s"] = time.perf_counter() - started - timings["load_s"]
-            outputs = process.process_loaded(series, loaded_models, settings)
-            timings.update(outputs.timings)
-            folder = results_dir(settings, job_id)
-            if folder.exists():
-                shutil.rmtree(folder)  # a re-run writes the same objects again
-            process.write_outputs(outputs, folder)
-        except Exception as exc:
-            log.exception("job %d: the method failed", job_id)
-            store.set_status(job_id, "failed", reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
-                             timings=timings)
-            store.add_event("failed", f"{type(exc).__name__}: {exc}"[:500], job_id=job_id)
-            return None
+        outputs = _run_method(settings, store, job, timings)
+    if outputs is None:
+        return None
+    folder = results_dir(settings, job_id)
     result = outputs.result
     if outputs.refused:
         store.set_status(job_id, "failed", reason="no_spine_found", error=result["refused"], timings=timings,
@@ -135,6 +116,40 @@ def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = Fal
     lla = "not measured" if result["lla_deg"] is None else f"LLA {result['lla_deg']:.1f} deg ({result['class']})"
     store.add_event("measured", f"{lla}; flags: {', '.join(result['flags']) or 'none'}", job_id=job_id)
     return job
+
+
+def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict) -> Outputs | None:
+    """Load the series, run the method and write the results folder; the job's timings are
+    added to `timings`. None when the job ended here (skipped, failed), with its reason stored."""
+    from worker import process
+
+    job_id = job.id
+    try:
+        started = time.perf_counter()
+        try:
+            series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
+        except SeriesRefused as exc:
+            status = "skipped" if exc.reason in NOT_FOR_THE_METHOD else "failed"
+            store.set_status(job_id, status, reason=exc.reason, error=str(exc)[:2000],
+                             timings={**timings, "load_s": time.perf_counter() - started})
+            store.add_event(status, f"{exc.reason}: {exc}", job_id=job_id)
+            return None
+        timings["load_s"] = time.perf_counter() - started
+        loaded_models = models(settings)
+        timings["model_load_s"] = time.perf_counter() - started - timings["load_s"]
+        outputs = process.process_loaded(series, loaded_models, settings)
+        timings.update(outputs.timings)
+        folder = results_dir(settings, job_id)
+        if folder.exists():
+            shutil.rmtree(folder)  # a re-run writes the same objects again
+        process.write_outputs(outputs, folder)
+        return outputs
+    except Exception as exc:
+        log.exception("job %d: the method failed", job_id)
+        store.set_status(job_id, "failed", reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
+                         timings=timings)
+        store.add_event("failed", f"{type(exc).__name__}: {exc}"[:500], job_id=job_id)
+        return None
 
 
 class ExportFailed(Exception):

@@ -54,16 +54,18 @@ class Node:
         self.on_sweep: Callable[[], None] | None = None  # serve: restart workers that died
 
     def _refused(self, sop_instance_uid: str, reason: str) -> None:
-        try:
-            self.store.add_event("instance_refused", f"instance {sop_instance_uid}: {reason}")
-        except Exception:  # the refusal is already logged; a database hiccup must not break the listener
-            log.warning("could not record the refusal of %s", sop_instance_uid)
+        self._record("instance_refused", f"instance {sop_instance_uid}: {reason}")
 
     def _rejected(self, calling_ae: str, reason: str) -> None:
+        self._record("association_rejected", reason[:300])
+
+    def _record(self, kind: str, message: str) -> None:
+        """An event for the admin page; the listener's log already has it, so a database
+        hiccup here must not break the listener."""
         try:
-            self.store.add_event("association_rejected", reason[:300])
+            self.store.add_event(kind, message)
         except Exception:
-            log.warning("could not record the rejection of an association from %r", calling_ae)
+            log.warning("could not record the event %s", kind)
 
     def start(self) -> None:
         self.assembler.recover()

@@ -12,6 +12,7 @@ by this very message).
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import sqlalchemy.exc
@@ -121,10 +122,14 @@ def broker_instance() -> str | None:
     import redis
 
     try:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            return str(client.info("server")["run_id"])
-        finally:
-            client.close()
+        return str(_redis_client(url).info("server")["run_id"])
     except (redis.RedisError, OSError, KeyError):
         return None
+
+
+@functools.cache
+def _redis_client(url: str):
+    """One client per broker for the node's sweep (it reconnects by itself after a restart)."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
