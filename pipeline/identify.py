@@ -5,8 +5,11 @@ superior -> inferior, columns anterior -> posterior) and its pixel spacing.
 
 1. Vertebral bodies are the vertebra pixels anterior to the spinal canal (posterior elements
    lie behind it); each connected component is a body. Without a canal all vertebra pixels
-   are used, and a flag says so.
-2. The intervertebral discs separate the bodies. The body directly below the lowest disc is
+   are used, and a flag says so. Bodies stack along the column: a small piece beside a larger
+   body, at its height (a pedicle or facet where the canal was missed), is not a level.
+2. The intervertebral discs separate the bodies: a body with a disc inside it (two bodies the
+   network joined around a disc it drew only in part, as at T12-L1 on the edge of the field
+   of view) is cut along that disc, and a flag says where. The body directly below the lowest disc is
    S1 (the sacrum: every vertebra component below that disc belongs to it); the body
    directly above it is L5, and the count continues upward: L4..L1, T12, T11.
 3. Nothing is silently relabelled: a missing S1 or L1, a missing disc between two bodies, or
@@ -21,12 +24,19 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from pipeline.cobb import axis_tilt_deg, to_mm
 from pipeline.labels import (
     CANAL, CANAL_VALUE, DISC, DISC_VALUE, LEVEL_VALUES, LEVELS_ABOVE_S1, UNIDENTIFIED_VERTEBRA, VERTEBRA,
 )
 
 MIN_BODY_AREA_MM2 = 80.0
 MIN_DISC_AREA_MM2 = 15.0
+OFF_COLUMN = 1.5  # a component this many body widths from the column's line is not a body
+NEIGHBOURHOOD = 2.5  # typical body heights above and below that say where the column runs
+MAX_SIDE_PIECE_AREA = 0.5  # a piece beside a body, at its height, smaller than this share of it
+MIN_FUSED_HEIGHT = 1.4  # a body cut at a disc inside it is at least this many typical heights tall
+MIN_PART_HEIGHT = 0.5  # and each part, unless cut by the top of the image, at least this many
+MIN_DISC_SHARE_OF_WIDTH = 0.4  # the disc it is cut at spans at least this share of its width
 
 
 @dataclass(frozen=True)
@@ -105,12 +115,16 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
     else:
         vertebra &= in_front.astype(np.uint8)
     bodies = components(vertebra, spacing, MIN_BODY_AREA_MM2)
+    bodies, off_column = _off_the_column(bodies, spacing)
+    bodies, beside = _beside_larger_bodies(bodies)
+    result.unidentified = off_column + beside
     result.discs = components(class_map == DISC, spacing, MIN_DISC_AREA_MM2)
+    bodies, cuts = _cut_at_inner_discs(bodies, result.discs, spacing)
     if not bodies:
         result.flags += ["no_vertebrae_found", "s1_not_found", "l1_not_found"]
         return result
     if not result.discs:
-        result.unidentified = bodies
+        result.unidentified += bodies
         result.flags += ["no_discs_found", "s1_not_found", "l1_not_found"]
         return result
 
@@ -118,7 +132,7 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
     below = [b for b in bodies if b.row > lowest_disc.row]
     above = [b for b in bodies if b.row <= lowest_disc.row]
     if not below:
-        result.unidentified = bodies
+        result.unidentified += bodies
         result.flags += ["s1_not_found", "l1_not_found"]
         return result
     sacrum = _merge(below, spacing)
@@ -127,14 +141,143 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
     chain = list(reversed(above))  # inferior to superior, starting with L5
     for level, body in zip(LEVELS_ABOVE_S1, chain):
         result.bodies[level] = body
-    result.unidentified = chain[len(LEVELS_ABOVE_S1):]
+    result.unidentified += chain[len(LEVELS_ABOVE_S1):]
     if "L1" not in result.bodies:
         result.flags.append("l1_not_found")
     result.flags += _gap_flags(result, chain, sacrum)
     result.flags += _transitional_flags(result, chain, sacrum, lowest_disc)
+    names = {id(body): level for level, body in result.bodies.items()}
+    result.flags += [f"bodies_separated_at_disc:{names.get(id(upper), 'unidentified')}-"
+                     f"{names.get(id(lower), 'unidentified')}" for upper, lower in cuts]
     # Superior to inferior, as a radiologist reads.
     result.bodies = dict(sorted(result.bodies.items(), key=lambda kv: kv[1].row))
     return result
+
+
+def _component(mask: np.ndarray, spacing: tuple[float, float]) -> Component:
+    rows, cols = np.nonzero(mask)
+    return Component(mask=mask, centroid_px=(float(rows.mean()), float(cols.mean())),
+                     area_mm2=float(len(rows) * spacing[0] * spacing[1]),
+                     height_mm=float((rows.max() - rows.min() + 1) * spacing[0]))
+
+
+def _row_span(component: Component) -> tuple[int, int]:
+    rows = np.nonzero(component.mask.any(axis=1))[0]
+    return int(rows[0]), int(rows[-1])
+
+
+def _width_mm(component: Component, spacing: tuple[float, float]) -> float:
+    cols = np.nonzero(component.mask.any(axis=0))[0]
+    return float((cols[-1] - cols[0] + 1) * spacing[1])
+
+
+def _off_the_column(bodies: list[Component], spacing: tuple[float, float]
+                    ) -> tuple[list[Component], list[Component]]:
+    """(bodies, strays): a stray lies more than OFF_COLUMN body widths in front of or behind the
+    median of its neighbours (the components within NEIGHBOURHOOD typical heights above and below).
+
+    Something the network took for bone away from the spine (a bowel loop, a vessel wall) would
+    otherwise take a level and shift every level above it.
+    """
+    if len(bodies) < 4:
+        return bodies, []
+    width = float(np.median([_width_mm(b, spacing) for b in bodies]))
+    reach = NEIGHBOURHOOD * float(np.median([b.height_mm for b in bodies])) / spacing[0]
+    kept, strays = [], []
+    for body in bodies:
+        near = [o.centroid_px[1] for o in bodies if o is not body and abs(o.row - body.row) <= reach]
+        off = len(near) >= 2 and abs(body.centroid_px[1] - float(np.median(near))) * spacing[1] > OFF_COLUMN * width
+        (strays if off else kept).append(body)
+    return kept, strays
+
+
+def _beside_larger_bodies(bodies: list[Component]) -> tuple[list[Component], list[Component]]:
+    """(bodies, pieces): a piece lies mostly within the rows of a body more than twice its area.
+
+    Vertebral bodies stack; two components side by side at one height are a body and something
+    else (posterior elements in front of a canal the network missed): counting both would shift
+    every level above them by one.
+    """
+    kept, pieces = [], []
+    for body in bodies:
+        top, bottom = _row_span(body)
+        beside = False
+        for other in bodies:
+            if other is body or body.area_mm2 >= MAX_SIDE_PIECE_AREA * other.area_mm2:
+                continue
+            o_top, o_bottom = _row_span(other)
+            shared = min(bottom, o_bottom) - max(top, o_top) + 1
+            beside = beside or shared > 0.5 * (bottom - top + 1)
+        (pieces if beside else kept).append(body)
+    return kept, pieces
+
+
+def _cut_at_inner_discs(bodies: list[Component], discs: list[Component], spacing: tuple[float, float]
+                        ) -> tuple[list[Component], list[tuple[Component, Component]]]:
+    """Bodies cut along the discs that lie inside them; also the (upper, lower) pairs so cut.
+
+    A disc drawn only in its middle leaves the bodies above and below it joined around its ends.
+    Cutting is reserved for a body tall enough to be two (MIN_FUSED_HEIGHT typical heights), at a
+    disc spanning a good part of its width, into parts that each look like a body (or are cut by
+    the top of the image), so that a bright spot inside one body (a basivertebral vein, a Schmorl
+    node) never splits it.
+    """
+    if len(bodies) < 3:
+        return bodies, []
+    typical = float(np.median([b.height_mm for b in bodies]))
+    out, cuts = [], []
+    for body in bodies:
+        parts = None
+        if body.height_mm >= MIN_FUSED_HEIGHT * typical:
+            for disc in sorted(discs, key=lambda d: -d.area_mm2):
+                parts = _cut_along(body, disc, spacing, typical)
+                if parts:
+                    break
+        if parts:
+            out += parts
+            cuts.append(parts)
+        else:
+            out.append(body)
+    return sorted(out, key=lambda c: c.row), cuts
+
+
+def _cut_along(body: Component, disc: Component, spacing: tuple[float, float], typical_mm: float
+               ) -> tuple[Component, Component] | None:
+    """(upper, lower) parts of a body above and below a disc inside it, or None when the disc is
+    not inside the body or a part would not be a body.
+
+    The disc's long axis gives the direction of the cut; the body pixels beside the disc, between
+    its upper and lower supporting lines, are disc the network took for bone and belong to
+    neither part, so that each part ends at the disc's surface (its endplate) and not in the
+    middle of the disc.
+    """
+    rows, cols = np.nonzero(body.mask)
+    d_rows, d_cols = np.nonzero(disc.mask)
+    r = int(round(disc.row))
+    at_height = cols[np.abs(rows - r) <= 2]
+    if not rows.min() < r < rows.max() or len(at_height) == 0:
+        return None
+    body_width = at_height.max() - at_height.min() + 1
+    if not (at_height.min() <= disc.centroid_px[1] <= at_height.max()
+            and d_cols.max() - d_cols.min() + 1 >= MIN_DISC_SHARE_OF_WIDTH * body_width):
+        return None
+    tilt = np.radians(axis_tilt_deg(disc.mask, spacing) or 0.0)
+    normal = np.array([-np.sin(tilt), np.cos(tilt)])  # mm (x posterior, y superior), toward superior
+    heights = to_mm(rows, cols, spacing) @ normal
+    disc_heights = to_mm(d_rows, d_cols, spacing) @ normal
+    upper, lower = np.zeros_like(body.mask), np.zeros_like(body.mask)
+    above, below = heights > disc_heights.max(), heights < disc_heights.min()
+    upper[rows[above], cols[above]] = True
+    lower[rows[below], cols[below]] = True
+    pixel_mm2 = spacing[0] * spacing[1]
+    if min(upper.sum(), lower.sum()) * pixel_mm2 < MIN_BODY_AREA_MM2:
+        return None
+    upper_part, lower_part = _component(upper, spacing), _component(lower, spacing)
+    if lower_part.height_mm < MIN_PART_HEIGHT * typical_mm:
+        return None
+    if upper_part.height_mm < MIN_PART_HEIGHT * typical_mm and not upper[0].any():
+        return None
+    return upper_part, lower_part
 
 
 def _merge(parts: list[Component], spacing: tuple[float, float]) -> Component:

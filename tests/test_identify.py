@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.analysis import superior_endplates
 from pipeline.identify import identify
 from pipeline.labels import CANAL, DISC, LEVEL_VALUES, UNIDENTIFIED_VERTEBRA, VERTEBRA
 
@@ -12,10 +13,12 @@ SPACING = (1.0, 1.0)
 
 
 def spine(bodies: int, *, sacrum: bool = True, sacrum_height: int = 90, skip_disc: int | None = None,
-          canal: bool = True, posterior: bool = True, rows: int = 520) -> np.ndarray:
+          partial_disc: int | None = None, canal: bool = True, posterior: bool = True, rows: int = 520
+          ) -> np.ndarray:
     """Bodies 26 px high with 8 px discs, stacked upward from a sacrum at the bottom;
-    canal behind them, posterior elements behind the canal. Disc k sits above body k
-    (counted upward; disc 0 = the lowest, above the sacrum or at the bottom of the view)."""
+    canal behind them, posterior elements behind the canal. Disc k sits above body k - 1
+    (counted upward; disc 0 = the lowest, above the sacrum or at the bottom of the view).
+    A partial disc is drawn in its middle only, bone joining the bodies around its ends."""
     m = np.zeros((rows, 220), np.uint8)
     bottom = rows - 1
     if sacrum:
@@ -24,7 +27,10 @@ def spine(bodies: int, *, sacrum: bool = True, sacrum_height: int = 90, skip_dis
         bottom = top - 1
     for k in range(bodies + (1 if sacrum else 0)):
         disc_top = bottom - 7
-        if k != skip_disc:
+        if k == partial_disc:
+            m[disc_top:bottom + 1, 40:111] = VERTEBRA
+            m[disc_top:bottom + 1, 55:96] = DISC
+        elif k != skip_disc:
             m[disc_top:bottom + 1, 45:105] = DISC
         bottom = disc_top - 1
         if k == bodies:
@@ -69,6 +75,56 @@ def test_no_sacrum_below_the_lowest_disc_means_nothing_is_labelled():
 def test_a_missing_disc_is_flagged_where_it_is_missing():
     found = identify(spine(6, skip_disc=3), SPACING)
     assert "disc_not_found:L2-L3" in found.flags
+
+
+def test_bodies_joined_around_a_partly_drawn_disc_are_cut_apart_and_flagged():
+    joined = spine(7, partial_disc=5)  # T12 and L1 joined
+    found = identify(joined, SPACING)
+    assert list(found.bodies) == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    assert "bodies_separated_at_disc:T12-L1" in found.flags
+    separate = identify(spine(7), SPACING)
+    # each part ends at the disc's surface: the same rows as the bodies drawn apart
+    for level in ("T12", "L1"):
+        assert abs(found.bodies[level].row - separate.bodies[level].row) < 3
+        assert abs(found.bodies[level].height_mm - separate.bodies[level].height_mm) <= 2
+
+
+def test_l1_joined_to_a_t12_cut_by_the_image_top_gets_its_own_endplate():
+    classes = spine(6, partial_disc=5)[235:]  # the top 10 rows of T12 outside the view
+    found = identify(classes, SPACING)
+    assert list(found.bodies) == ["T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    endplate = superior_endplates(found, SPACING)["L1"]
+    assert endplate is not None
+    assert abs(endplate.direction_mm[1]) < 0.02  # level, as the drawn disc
+    assert endplate.anterior_px[0] == pytest.approx(found.bodies["L1"].mask.nonzero()[0].min(), abs=1.5)
+
+
+def test_a_spot_inside_a_body_of_normal_height_does_not_split_it():
+    classes = spine(7)
+    l3 = identify(classes, SPACING).bodies["L3"]
+    r, c = (int(v) for v in l3.centroid_px)
+    classes[r - 2:r + 2, c - 15:c + 15] = DISC  # a bright basivertebral vein read as disc
+    found = identify(classes, SPACING)
+    assert list(found.bodies) == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    assert not any(flag.startswith("bodies_separated_at_disc") for flag in found.flags)
+
+
+def test_bone_away_from_the_column_takes_no_level():
+    classes = np.pad(spine(5), ((0, 0), (160, 0)))
+    l3 = identify(classes, SPACING).bodies["L3"]
+    r = int(l3.centroid_px[0])
+    classes[r - 13:r + 13, 5:40] = VERTEBRA  # a bowel wall in front of the spine, at L3's height
+    found = identify(classes, SPACING)
+    assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    assert all(body.centroid_px[1] > 160 for body in found.bodies.values())
+    assert any(piece.centroid_px[1] < 40 for piece in found.unidentified)
+
+
+def test_posterior_elements_beside_bodies_take_no_level_when_the_canal_is_missed():
+    found = identify(spine(5, canal=False), SPACING)
+    assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    assert all(body.centroid_px[1] < 115 for body in found.bodies.values())
+    assert "canal_not_found" in found.flags
 
 
 def test_a_short_s1_suggests_a_transitional_vertebra():
