@@ -7,7 +7,8 @@ superior -> inferior, columns anterior -> posterior) and its pixel spacing.
    lie behind it); each connected component is a body. Without a canal all vertebra pixels
    are used, and a flag says so. Bodies stack along the column: a small piece beside a larger
    body, at its height (a pedicle or facet where the canal was missed), is not a level.
-2. The intervertebral discs separate the bodies: a body with a disc inside it (two bodies the
+2. The intervertebral discs (in front of the canal: bright fluid behind it is a facet joint)
+   separate the bodies: a body with a disc inside it (two bodies the
    network joined around a disc it drew only in part, as at T12-L1 on the edge of the field
    of view) is cut along that disc, and a flag says where. The body directly below the lowest disc is
    S1 (the sacrum: every vertebra component below that disc belongs to it); the body
@@ -119,6 +120,9 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
     bodies, beside = _beside_larger_bodies(bodies)
     result.unidentified = off_column + beside
     result.discs = components(class_map == DISC, spacing, MIN_DISC_AREA_MM2)
+    if in_front is not None:
+        # Discs lie between the bodies, in front of the canal; bright fluid behind it is a facet joint.
+        result.discs = [d for d in result.discs if in_front[int(round(d.row)), int(round(d.centroid_px[1]))]]
     bodies, cuts = _cut_at_inner_discs(bodies, result.discs, spacing)
     if not bodies:
         result.flags += ["no_vertebrae_found", "s1_not_found", "l1_not_found"]

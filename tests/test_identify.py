@@ -127,6 +127,17 @@ def test_posterior_elements_beside_bodies_take_no_level_when_the_canal_is_missed
     assert "canal_not_found" in found.flags
 
 
+def test_fluid_in_a_facet_joint_behind_the_canal_is_no_disc():
+    classes = spine(5)
+    l3 = identify(classes, SPACING).bodies["L3"]
+    top = int(l3.mask.nonzero()[0].min())
+    for k in range(30):  # a steep streak of "disc" between the posterior elements, just above L3
+        classes[top - 4 - k // 2:top - 1 - k // 2, 140 + k] = DISC
+    found = identify(classes, SPACING)
+    assert all(disc.centroid_px[1] < 115 for disc in found.discs)
+    assert abs(superior_endplates(found, SPACING)["L3"].direction_mm[1]) < 0.02  # guided by L3's own disc
+
+
 def test_a_short_s1_suggests_a_transitional_vertebra():
     found = identify(spine(6, sacrum_height=30), SPACING)
     assert "S1" in found.bodies  # still labelled by counting, never relabelled
