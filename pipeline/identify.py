@@ -5,14 +5,15 @@ superior -> inferior, columns anterior -> posterior) and its pixel spacing.
 
 1. Vertebral bodies are the vertebra pixels anterior to the spinal canal (posterior elements
    lie behind it); each connected component is a body. Without a canal all vertebra pixels
-   are used, and a flag says so. Bodies stack along the column: a small piece beside a larger
-   body, at its height (a pedicle or facet where the canal was missed), is not a level.
-2. The intervertebral discs (in front of the canal: bright fluid behind it is a facet joint)
-   separate the bodies: a body with a disc inside it (two bodies the
-   network joined around a disc it drew only in part, as at T12-L1 on the edge of the field
-   of view) is cut along that disc, and a flag says where. The body directly below the lowest disc is
-   S1 (the sacrum: every vertebra component below that disc belongs to it); the body
-   directly above it is L5, and the count continues upward: L4..L1, T12, T11.
+   are used, and a flag says so. Bodies stack along the column: a component far in front of
+   or behind its neighbours (bowel, a vessel wall), or a small piece beside a larger body at
+   its height (a pedicle where the canal was missed), is not a level.
+2. The intervertebral discs, in front of the canal (bright fluid behind it is a facet joint),
+   separate the bodies. A body with a disc inside it (two bodies the network joined around a
+   disc it drew only in its middle, as at T12-L1 at the top of the view) is cut along that
+   disc, and a flag says where. The body directly below the lowest disc is S1 (the sacrum:
+   every vertebra component below that disc belongs to it); the body directly above it is L5,
+   and the count continues upward: L4..L1, T12, T11.
 3. Nothing is silently relabelled: a missing S1 or L1, a missing disc between two bodies, or
    an S1 that looks like a lumbar body (a transitional vertebra, sacralised L5 or lumbarised
    S1) is a flag for the radiologist.
