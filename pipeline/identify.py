@@ -151,9 +151,8 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
         result.flags.append("l1_not_found")
     result.flags += _gap_flags(result, chain, sacrum)
     result.flags += _transitional_flags(result, chain, sacrum, lowest_disc)
-    names = {id(body): level for level, body in result.bodies.items()}
-    result.flags += [f"bodies_separated_at_disc:{names.get(id(upper), 'unidentified')}-"
-                     f"{names.get(id(lower), 'unidentified')}" for upper, lower in cuts]
+    result.flags += [f"bodies_separated_at_disc:{_level_of(upper, result)}-{_level_of(lower, result)}"
+                     for upper, lower in cuts]
     # Superior to inferior, as a radiologist reads.
     result.bodies = dict(sorted(result.bodies.items(), key=lambda kv: kv[1].row))
     return result
@@ -287,11 +286,12 @@ def _cut_along(body: Component, disc: Component, spacing: tuple[float, float], t
 
 def _merge(parts: list[Component], spacing: tuple[float, float]) -> Component:
     """The sacrum: its fused segments, possibly split into several components, as one."""
-    mask = np.logical_or.reduce([p.mask for p in parts])
-    rows, cols = np.nonzero(mask)
-    return Component(mask=mask, centroid_px=(float(rows.mean()), float(cols.mean())),
-                     area_mm2=float(sum(p.area_mm2 for p in parts)),
-                     height_mm=float((rows.max() - rows.min() + 1) * spacing[0]))
+    return _component(np.logical_or.reduce([p.mask for p in parts]), spacing)
+
+
+def _level_of(part: Component, result: Identification) -> str:
+    """The level a part of a cut body was given (the sacrum may hold it), else 'unidentified'."""
+    return next((level for level, body in result.bodies.items() if (body.mask & part.mask).any()), "unidentified")
 
 
 def _gap_flags(result: Identification, chain: list[Component], sacrum: Component) -> list[str]:

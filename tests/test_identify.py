@@ -89,6 +89,13 @@ def test_bodies_joined_around_a_partly_drawn_disc_are_cut_apart_and_flagged():
         assert abs(found.bodies[level].height_mm - separate.bodies[level].height_mm) <= 2
 
 
+@pytest.mark.parametrize("disc, pair", [(0, "L5-S1"), (1, "L4-L5"), (3, "L2-L3")])
+def test_the_flag_names_the_levels_cut_apart(disc, pair):
+    found = identify(spine(5, partial_disc=disc), SPACING)
+    assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    assert found.flags == [f"bodies_separated_at_disc:{pair}"]
+
+
 def test_l1_joined_to_a_t12_cut_by_the_image_top_gets_its_own_endplate():
     classes = spine(6, partial_disc=5)[235:]  # the top 10 rows of T12 outside the view
     found = identify(classes, SPACING)
