@@ -79,6 +79,7 @@ FLAG_MEANINGS: dict[str, str] = {
     "no_discs_found": "No intervertebral disc found",
     "canal_not_found": "Spinal canal not found",
     "disc_not_found": "Disc missing between",
+    "bodies_separated_at_disc": "Joined bodies separated at a partly seen disc",
     "possible_transitional_vertebra": "Possible transitional vertebra",
     "more_vertebrae_than_labelled": "More vertebrae than levels labelled",
     "l1_cut_by_field_of_view": "L1 cut by the edge of the image",
