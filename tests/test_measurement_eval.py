@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+import cv2
 import numpy as np
 import pytest
 
@@ -50,11 +51,24 @@ def _as_real(s: ds.Sample) -> ds.Sample:
     return dataclasses.replace(s, source=ds.MYO, patient_id=f"{ds.MYO}:{s.item}", lla_deg=None)
 
 
+def _turned(mask: np.ndarray, degrees: float) -> np.ndarray:
+    rows, cols = mask.shape
+    turn = cv2.getRotationMatrix2D((cols / 2, rows / 2), degrees, 1.0)
+    return cv2.warpAffine(mask, turn, (cols, rows), flags=cv2.INTER_NEAREST)
+
+
 def test_l1_l5_angle_against_reference_masks(phantom_slices):
     real = [_as_real(s) for s in phantom_slices]
     same = measurement.l1_l5_angle(real, [s.mask for s in real])
     # identify() opens the masks and keeps what lies in front of the canal: nearly the same outline
     assert same["n"] >= 3 and same["max_abs_error_deg"] < 0.5
+    # per endplate as well: each level's direction is where an angle's error would come from
+    assert set(same["endplate_tilt_median_abs_error_deg"]) == {"L1", "L2", "L3", "L4", "L5"}
+    assert max(same["endplate_tilt_median_abs_error_deg"].values()) < 0.5
+    # the whole prediction turned by 4 deg: the L1-L5 angle cannot see it, each endplate does
+    turned = measurement.l1_l5_angle(real, [_turned(s.mask, 4.0) for s in real])
+    assert turned["n"] >= 3 and turned["max_abs_error_deg"] < 1.0
+    assert all(3.0 < v < 5.0 for v in turned["endplate_tilt_median_abs_error_deg"].values())
     assert 5.0 < np.median([c["reference_deg"] for c in same["cases"]]) < 80.0
 
     empty = measurement.l1_l5_angle(real, [np.zeros_like(s.mask) for s in real])

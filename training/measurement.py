@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pipeline.analysis import analyze, superior_endplates
-from pipeline.cobb import Endplate, cobb_angle_deg, column_tilt_deg, fit_superior_endplate
+from pipeline.cobb import Endplate, cobb_angle_deg, column_tilt_deg, fit_superior_endplate, signed_angle_deg
 from pipeline.identify import identify
 from pipeline.labels import LEVEL_VALUES
 from training import datasets as ds
@@ -139,9 +139,25 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
         on_reference = {lv: _level_under(found.bodies[lv].mask, ref) for lv in ("L1", "L5")}
         cases.append({"item": s.item, "reference_deg": reference, "measured_deg": measured,
                       "levels_match": all(on_reference[lv] == LEVEL_VALUES[lv] for lv in on_reference),
-                      "predicted_on_reference_value": on_reference})
+                      "predicted_on_reference_value": on_reference,
+                      "endplate_tilt_error_deg": _tilt_errors(endplates, ref, s.spacing_mm)})
     result = agreement([c["reference_deg"] for c in cases], [c["measured_deg"] for c in cases])
-    return {**result, "cases": cases, "not_measured": unmeasured}
+    per_level = {lv: [c["endplate_tilt_error_deg"][lv] for c in cases if lv in c["endplate_tilt_error_deg"]]
+                 for lv in LUMBAR}
+    return {**result, "cases": cases, "not_measured": unmeasured,
+            "endplate_tilt_median_abs_error_deg": {lv: float(np.median(np.abs(v))) for lv, v in per_level.items() if v}}
+
+
+def _tilt_errors(endplates: dict[str, Endplate | None], level_labels: np.ndarray, spacing: tuple[float, float]
+                 ) -> dict[str, float]:
+    """Per lumbar level, the predicted superior endplate's direction minus the reference's (deg):
+    which endplates an angle's error comes from."""
+    out = {}
+    for lv in LUMBAR:
+        predicted, reference = endplates.get(lv), reference_endplate(level_labels, lv, spacing)
+        if predicted is not None and reference is not None:
+            out[lv] = signed_angle_deg(np.asarray(reference.direction_mm), np.asarray(predicted.direction_mm))
+    return out
 
 
 def synthetic_lla(segment: Segment, count: int = 40, seed: int = 7, slices: int = 7,

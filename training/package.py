@@ -122,6 +122,10 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
         lines.append(f"- L1-L5 angle on real validation volumes, predicted vs reference masks: median |error| "
                      f"{_fmt(real['median_abs_error_deg'], 2)} deg, MAE {_fmt(real['mae_deg'], 2)}, bias "
                      f"{real['bias_deg']:+.2f}, n = {real['n']} (not measured on {len(real['not_measured'])})")
+        tilts = real.get("endplate_tilt_median_abs_error_deg")
+        if tilts:
+            lines.append("  - each superior endplate, predicted vs reference direction, median |error|: "
+                         + ", ".join(f"{lv} {_fmt(v, 1)}" for lv, v in tilts.items()) + " deg")
     syn = metrics.get("lla_synthetic", {})
     if syn.get("n"):
         alone = syn["measurement_alone_on_reference_masks"]
