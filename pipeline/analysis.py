@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.classify import Thresholds, classify_lla
-from pipeline.cobb import Endplate, axis_tilt_deg, cobb_angle_deg, fit_superior_endplate
+from pipeline.cobb import Endplate, axis_tilt_deg, cobb_angle_deg, column_tilt_deg, fit_superior_endplate
 from pipeline.identify import Component, Identification, identify
 from pipeline.labels import CANAL, DISC, VERTEBRA
 
 Point = tuple[float, float]
+MAX_DISC_FROM_COLUMN_DEG = 25.0  # a disc axis further than this from square to the column is not trusted
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,14 @@ def superior_endplates(found: Identification, spacing: tuple[float, float]) -> d
     The disc directly above a body lies on its superior endplate, so the disc's long axis says
     roughly how the endplate runs (within the wedge of the disc); without a disc above (L1 at
     the edge of the field of view) the disc below gives the hint, and without either the fit
-    searches every superior-facing tilt. A body cut by the top of the image has no endplate.
+    searches every superior-facing tilt. Above the sacrum an endplate is also nearly square to
+    the column: a disc whose axis is far from that (a disc drawn merged with something else)
+    gives way to the column between the body and its neighbour, so that the fit cannot take a
+    wall for the endplate. A body cut by the top of the image has no endplate.
     """
     endplates = {}
-    for level, body in found.bodies.items():
+    order = list(found.bodies.values())  # superior to inferior
+    for k, (level, body) in enumerate(found.bodies.items()):
         if _cut_by_top_edge(body):
             endplates[level] = None
             continue
@@ -89,8 +94,21 @@ def superior_endplates(found: Identification, spacing: tuple[float, float]) -> d
         below = [d for d in found.discs if d.row > body.row]
         disc = above[-1] if above else (below[0] if below else None)
         tilt = None if disc is None else axis_tilt_deg(disc.mask, spacing)
+        column = None if level == "S1" else _column_tilt(order, k, spacing)
+        if column is not None and (tilt is None or abs(tilt - column) > MAX_DISC_FROM_COLUMN_DEG):
+            tilt = column
         endplates[level] = fit_superior_endplate(body.mask, spacing, expected_tilt_deg=tilt)
     return endplates
+
+
+def _column_tilt(bodies: list[Component], k: int, spacing: tuple[float, float]) -> float | None:
+    """The tilt square to the column at body k (bodies superior to inferior, the sacrum last):
+    toward the body above, else toward the body below unless that is the sacrum."""
+    if k > 0:
+        return column_tilt_deg(bodies[k - 1].centroid_px, bodies[k].centroid_px, spacing)
+    if k + 2 < len(bodies):
+        return column_tilt_deg(bodies[k].centroid_px, bodies[k + 1].centroid_px, spacing)
+    return None
 
 
 def measure_slice(class_map: np.ndarray, spacing: tuple[float, float], index: int = 0) -> _SliceResult:

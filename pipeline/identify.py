@@ -38,7 +38,8 @@ NEIGHBOURHOOD = 2.5  # typical body heights above and below that say where the c
 MAX_SIDE_PIECE_AREA = 0.5  # a piece beside a body, at its height, smaller than this share of it
 MIN_FUSED_HEIGHT = 1.4  # a body cut at a disc inside it is at least this many typical heights tall
 MIN_PART_HEIGHT = 0.5  # and each part, unless cut by the top of the image, at least this many
-MIN_DISC_SHARE_OF_WIDTH = 0.4  # the disc it is cut at spans at least this share of its width
+MIN_DISC_SHARE_OF_WIDTH = 0.4
+MIN_LOWEST_DISC_AREA = 0.3  # a disc below every body smaller than this share of the usual one is ignored  # the disc it is cut at spans at least this share of its width
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
         result.flags += ["no_discs_found", "s1_not_found", "l1_not_found"]
         return result
 
-    lowest_disc = result.discs[-1]
+    lowest_disc = _lowest_disc(result.discs, bodies)
     below = [b for b in bodies if b.row > lowest_disc.row]
     above = [b for b in bodies if b.row <= lowest_disc.row]
     if not below:
@@ -156,6 +157,17 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
     # Superior to inferior, as a radiologist reads.
     result.bodies = dict(sorted(result.bodies.items(), key=lambda kv: kv[1].row))
     return result
+
+
+def _lowest_disc(discs: list[Component], bodies: list[Component]) -> Component:
+    """The lowest disc, passing over small blobs below every body (at most a fragment of disc, in
+    the pelvis): a full disc below every body means the sacrum is out of view, and nothing is
+    labelled then."""
+    usual = float(np.median([d.area_mm2 for d in discs]))
+    for disc in reversed(discs):
+        if any(b.row > disc.row for b in bodies) or disc.area_mm2 >= MIN_LOWEST_DISC_AREA * usual:
+            return disc
+    return discs[-1]
 
 
 def _component(mask: np.ndarray, spacing: tuple[float, float]) -> Component:
@@ -220,17 +232,19 @@ def _cut_at_inner_discs(bodies: list[Component], discs: list[Component], spacing
                         ) -> tuple[list[Component], list[tuple[Component, Component]]]:
     """Bodies cut along the discs that lie inside them; also the (upper, lower) pairs so cut.
 
-    A disc drawn only in its middle leaves the bodies above and below it joined around its ends.
-    Cutting is reserved for a body tall enough to be two (MIN_FUSED_HEIGHT typical heights), at a
-    disc spanning a good part of its width, into parts that each look like a body (or are cut by
-    the top of the image), so that a bright spot inside one body (a basivertebral vein, a Schmorl
-    node) never splits it.
+    A disc drawn only in its middle leaves the bodies above and below it joined around its ends
+    (at worst the whole column is one component). Cutting is reserved for a body tall enough to
+    be two (MIN_FUSED_HEIGHT typical heights), at a disc spanning a good part of its width, into
+    parts that each look like a body (or are cut by the top of the image), so that a bright spot
+    inside one body (a basivertebral vein, a Schmorl node) never splits it. Parts are cut again
+    while they hold another disc.
     """
-    if len(bodies) < 3:
+    typical = _typical_height_mm(bodies, discs)
+    if typical is None:
         return bodies, []
-    typical = float(np.median([b.height_mm for b in bodies]))
-    out, cuts = [], []
-    for body in bodies:
+    out, cuts, todo = [], [], list(bodies)
+    while todo:
+        body = todo.pop()
         parts = None
         if body.height_mm >= MIN_FUSED_HEIGHT * typical:
             for disc in sorted(discs, key=lambda d: -d.area_mm2):
@@ -238,11 +252,32 @@ def _cut_at_inner_discs(bodies: list[Component], discs: list[Component], spacing
                 if parts:
                     break
         if parts:
-            out += parts
+            todo += parts
             cuts.append(parts)
         else:
             out.append(body)
-    return sorted(out, key=lambda c: c.row), cuts
+    # a part cut again: the pair is the pieces on either side of this cut
+    cuts = [(_piece_of(upper, out, lowest=True), _piece_of(lower, out, lowest=False)) for upper, lower in cuts]
+    return sorted(out, key=lambda c: c.row), sorted(cuts, key=lambda pair: pair[0].row)
+
+
+def _typical_height_mm(bodies: list[Component], discs: list[Component]) -> float | None:
+    """A body's usual height: the median over the bodies, or, when fewer than three were found
+    apart, the median spacing of the discs less their thickness."""
+    if len(bodies) >= 3:
+        return float(np.median([b.height_mm for b in bodies]))
+    if len(discs) >= 3:
+        rows = np.array([d.row for d in discs])
+        spacing_px = float(np.median(np.diff(np.sort(rows))))
+        pixel_mm = bodies[0].height_mm / (np.ptp(np.nonzero(bodies[0].mask.any(axis=1))[0]) + 1) if bodies else 0.0
+        return spacing_px * pixel_mm - float(np.median([d.height_mm for d in discs]))
+    return None
+
+
+def _piece_of(part: Component, final: list[Component], lowest: bool) -> Component:
+    """The lowest (or highest) of the final bodies a part ended in."""
+    pieces = [b for b in final if (b.mask & part.mask).any()]
+    return max(pieces, key=lambda b: b.row if lowest else -b.row)
 
 
 def _cut_along(body: Component, disc: Component, spacing: tuple[float, float], typical_mm: float

@@ -96,6 +96,24 @@ def test_the_flag_names_the_levels_cut_apart(disc, pair):
     assert found.flags == [f"bodies_separated_at_disc:{pair}"]
 
 
+def test_a_column_drawn_as_one_piece_is_cut_at_every_disc():
+    classes = spine(7)
+    for k in range(8):  # every disc, the one above the sacrum included, drawn only in its middle
+        classes = np.maximum(classes, spine(7, partial_disc=k) * (spine(7, partial_disc=k) == VERTEBRA))
+        classes[spine(7, partial_disc=k) == DISC] = DISC
+    found = identify(classes, SPACING)
+    assert list(found.bodies) == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    pairs = ["T11-T12", "T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    assert [f for f in found.flags if f.startswith("bodies_separated")] == [f"bodies_separated_at_disc:{p}" for p in pairs]
+
+
+def test_a_blob_below_every_body_is_not_the_disc_above_s1():
+    classes = spine(5)
+    classes[-6:-2, 70:80] = DISC  # a fragment low in the pelvis, in front of the canal's line
+    found = identify(classes, SPACING)
+    assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+
+
 def test_l1_joined_to_a_t12_cut_by_the_image_top_gets_its_own_endplate():
     classes = spine(6, partial_disc=5)[235:]  # the top 10 rows of T12 outside the view
     found = identify(classes, SPACING)
@@ -177,3 +195,16 @@ def test_label_map_uses_the_contract_values():
 def test_an_empty_segmentation_is_flagged(empty):
     found = identify(empty, SPACING)
     assert found.bodies == {} and "no_vertebrae_found" in found.flags
+
+
+def test_a_disc_drawn_as_something_else_does_not_turn_the_endplate_below_it():
+    classes = spine(5)
+    l3_top = int(identify(classes, SPACING).bodies["L3"].mask.nonzero()[0].min())
+    # between L2 and L3 only a strip along the front of the bodies was read as disc (a ligament):
+    # its long axis is vertical, and L3's endplate searched around it would be L3's front wall
+    classes[l3_top - 8:l3_top][classes[l3_top - 8:l3_top] == DISC] = 0
+    classes[l3_top - 30:l3_top + 10, 30:38] = DISC
+    found = identify(classes, SPACING)
+    assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    endplate = superior_endplates(found, SPACING)["L3"]
+    assert abs(endplate.direction_mm[1]) < 0.02  # level, square to the column
