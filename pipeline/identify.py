@@ -6,8 +6,8 @@ superior -> inferior, columns anterior -> posterior) and its pixel spacing.
 1. Vertebral bodies are the vertebra pixels anterior to the spinal canal (posterior elements
    lie behind it); each connected component is a body. Without a canal all vertebra pixels
    are used, and a flag says so. Bodies stack along the column: a component far in front of
-   or behind its neighbours (bowel, a vessel wall), or a small piece beside a larger body at
-   its height (a pedicle where the canal was missed), is not a level.
+   or behind its neighbours (bowel, a vessel wall), a small piece beside a larger body at its
+   height (a pedicle where the canal was missed), or a sliver inside a disc space is not a level.
 2. The intervertebral discs, in front of the canal (bright fluid behind it is a facet joint),
    separate the bodies. A body with a disc inside it (two bodies the network joined around a
    disc it drew only in its middle, as at T12-L1 at the top of the view) is cut along that
@@ -39,6 +39,8 @@ MAX_SIDE_PIECE_AREA = 0.5  # a piece beside a body, at its height, smaller than 
 MIN_FUSED_HEIGHT = 1.4  # a body cut at a disc inside it is at least this many typical heights tall
 MIN_PART_HEIGHT = 0.5  # and each part, unless cut by the top of the image, at least this many
 MIN_DISC_SHARE_OF_WIDTH = 0.4
+MAX_FRAGMENT_AREA = 0.35  # a piece in the column with less than this share of the usual body's area
+MAX_FRAGMENT_HEIGHT = 0.65  # and of its height is a fragment, not a level
 MIN_LOWEST_DISC_AREA = 0.3  # a disc below every body smaller than this share of the usual one is ignored  # the disc it is cut at spans at least this share of its width
 
 
@@ -136,7 +138,8 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
 
     lowest_disc = _lowest_disc(result.discs, bodies)
     below = [b for b in bodies if b.row > lowest_disc.row]
-    above = [b for b in bodies if b.row <= lowest_disc.row]
+    above, fragments = _without_fragments([b for b in bodies if b.row <= lowest_disc.row])
+    result.unidentified += fragments
     if not below:
         result.unidentified += bodies
         result.flags += ["s1_not_found", "l1_not_found"]
@@ -157,6 +160,19 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
     # Superior to inferior, as a radiologist reads.
     result.bodies = dict(sorted(result.bodies.items(), key=lambda kv: kv[1].row))
     return result
+
+
+def _without_fragments(bodies: list[Component]) -> tuple[list[Component], list[Component]]:
+    """(bodies, fragments): a fragment is far smaller and shorter than the usual body and not cut
+    by the top of the image: bone drawn inside a degenerated disc space (vacuum, sclerosis) would
+    otherwise take a level."""
+    if len(bodies) < 3:
+        return bodies, []
+    area = float(np.median([b.area_mm2 for b in bodies]))
+    height = float(np.median([b.height_mm for b in bodies]))
+    fragment = [b.area_mm2 < MAX_FRAGMENT_AREA * area and b.height_mm < MAX_FRAGMENT_HEIGHT * height
+                and not b.mask[0].any() for b in bodies]
+    return ([b for b, f in zip(bodies, fragment) if not f], [b for b, f in zip(bodies, fragment) if f])
 
 
 def _lowest_disc(discs: list[Component], bodies: list[Component]) -> Component:

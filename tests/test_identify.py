@@ -114,6 +114,15 @@ def test_a_blob_below_every_body_is_not_the_disc_above_s1():
     assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
 
 
+def test_bone_drawn_inside_a_degenerated_disc_takes_no_level():
+    classes = spine(6)
+    bottom = int(identify(classes, SPACING).bodies["L4"].mask.nonzero()[0].max())
+    classes[bottom + 2:bottom + 8, 50:100] = VERTEBRA  # a sliver inside the L4-L5 disc space
+    found = identify(classes, SPACING)
+    assert list(found.bodies) == ["T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    assert any(abs(piece.row - (bottom + 4.5)) < 2 for piece in found.unidentified)
+
+
 def test_l1_joined_to_a_t12_cut_by_the_image_top_gets_its_own_endplate():
     classes = spine(6, partial_disc=5)[235:]  # the top 10 rows of T12 outside the view
     found = identify(classes, SPACING)

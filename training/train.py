@@ -597,9 +597,9 @@ def _parser() -> argparse.ArgumentParser:
     common(s, epochs=80, batch=8, patience=10, minutes=85.0)
     s.add_argument("--sources", default=",".join(ds.DEFAULT_SEGMENTATION_SOURCES),
                    help="comma-separated subsets: " + ", ".join(ds.DEFAULT_SEGMENTATION_SOURCES))
-    s.add_argument("--phantoms", type=int, default=96, help="synthetic volumes (each gives --phantom-slices)")
+    s.add_argument("--phantoms", type=int, default=128, help="synthetic volumes (each gives --phantom-slices)")
     s.add_argument("--phantom-slices", type=int, default=3)
-    s.add_argument("--per-level-slices", type=int, default=1, help="slices per myosegmentum / chu volume")
+    s.add_argument("--per-level-slices", type=int, default=3, help="slices per myosegmentum / chu volume")
     s.add_argument("--spider-max-slices", type=int, default=None, help="cap of slices per SPIDER patient")
     s.add_argument("--input-size", type=int, default=SEGMENTATION_INPUT)
     s.add_argument("--steps-per-epoch", type=int, default=20)
