@@ -1,6 +1,6 @@
 """Turn two training runs into the shipped models: weights, their descriptions and a model card.
 
-    python -m training package RUN_UNET RUN_DETECLORDOSE --out models --version 1.0.0
+    python -m training package RUN_UNET RUN_DETECLORDOSE --out models --version 1.1.0
 
 Writes into --out:
   unet_4class.weights.h5, unet_4class.json      the run's float16 weights and their description
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("segmentation_run")
     p.add_argument("classifier_run")
     p.add_argument("--out", default="models")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", default="1.1.0")
     p.add_argument("--date", default=None, help="training date for the card (default: the runs' config time)")
     args = p.parse_args(argv)
     out = Path(args.out)
