@@ -32,11 +32,13 @@ from pipeline.labels import (
 )
 
 MIN_BODY_AREA_MM2 = 80.0
+WALL_TREND_ROWS = 30  # canal rows whose course carries the wall on beyond the canal's ends
 MIN_DISC_AREA_MM2 = 15.0
 OFF_COLUMN = 1.5  # a component this many body widths from the column's line is not a body
 NEIGHBOURHOOD = 2.5  # typical body heights above and below that say where the column runs
 MAX_SIDE_PIECE_AREA = 0.5  # a piece beside a body, at its height, smaller than this share of it
 MIN_FUSED_HEIGHT = 1.4  # a body cut at a disc inside it is at least this many typical heights tall
+MIN_FUSED_HEIGHT_AT_TOP = 1.15  # the same for a body cut by the top of the image
 MIN_PART_HEIGHT = 0.5  # and each part, unless cut by the top of the image, at least this many
 MIN_DISC_SHARE_OF_WIDTH = 0.4
 MAX_FRAGMENT_AREA = 0.35  # a piece in the column with less than this share of the usual body's area
@@ -98,15 +100,21 @@ def components(mask: np.ndarray, spacing: tuple[float, float], min_area_mm2: flo
 def anterior_to_canal(class_map: np.ndarray) -> np.ndarray | None:
     """Pixels in front of the canal's anterior wall (row by row), or None without a canal.
 
-    Rows the canal does not reach take the wall position of the nearest canal rows
-    (linear interpolation, constant beyond the ends).
+    Rows the canal does not reach take the wall carried on from the nearest canal rows along the
+    canal's course there (a straight line fitted to its last WALL_TREND_ROWS rows): below a canal
+    drawn only down to L5, the sacrum lies further back, where the canal turns posteriorly.
     """
     canal = class_map == CANAL
     rows = np.nonzero(canal.any(axis=1))[0]
     if len(rows) < 5:
         return None
     front = np.array([np.nonzero(canal[r])[0].min() for r in rows], float)
-    wall = np.interp(np.arange(class_map.shape[0]), rows, front)
+    every_row = np.arange(class_map.shape[0])
+    wall = np.interp(every_row, rows, front)
+    for end, beyond in ((rows[:WALL_TREND_ROWS], every_row < rows[0]), (rows[-WALL_TREND_ROWS:], every_row > rows[-1])):
+        if len(end) >= 5 and beyond.any():
+            slope, offset = np.polyfit(end, np.interp(end, rows, front), 1)
+            wall[beyond] = slope * every_row[beyond] + offset
     return np.arange(class_map.shape[1])[None, :] < wall[:, None]
 
 
@@ -262,7 +270,8 @@ def _cut_at_inner_discs(bodies: list[Component], discs: list[Component], spacing
     while todo:
         body = todo.pop()
         parts = None
-        if body.height_mm >= MIN_FUSED_HEIGHT * typical:
+        tall = MIN_FUSED_HEIGHT_AT_TOP if body.mask[0].any() else MIN_FUSED_HEIGHT  # the top: partly out of view
+        if body.height_mm >= tall * typical:
             for disc in sorted(discs, key=lambda d: -d.area_mm2):
                 parts = _cut_along(body, disc, spacing, typical)
                 if parts:
