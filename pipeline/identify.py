@@ -32,7 +32,6 @@ from pipeline.labels import (
 )
 
 MIN_BODY_AREA_MM2 = 80.0
-WALL_TREND_ROWS = 30  # canal rows whose course carries the wall on beyond the canal's ends
 MIN_DISC_AREA_MM2 = 15.0
 OFF_COLUMN = 1.5  # a component this many body widths from the column's line is not a body
 NEIGHBOURHOOD = 2.5  # typical body heights above and below that say where the column runs
@@ -40,10 +39,10 @@ MAX_SIDE_PIECE_AREA = 0.5  # a piece beside a body, at its height, smaller than 
 MIN_FUSED_HEIGHT = 1.4  # a body cut at a disc inside it is at least this many typical heights tall
 MIN_FUSED_HEIGHT_AT_TOP = 1.15  # the same for a body cut by the top of the image
 MIN_PART_HEIGHT = 0.5  # and each part, unless cut by the top of the image, at least this many
-MIN_DISC_SHARE_OF_WIDTH = 0.4
+MIN_DISC_SHARE_OF_WIDTH = 0.4  # the disc it is cut at spans at least this share of its width
 MAX_FRAGMENT_AREA = 0.35  # a piece in the column with less than this share of the usual body's area
 MAX_FRAGMENT_HEIGHT = 0.65  # and of its height is a fragment, not a level
-MIN_LOWEST_DISC_AREA = 0.3  # a disc below every body smaller than this share of the usual one is ignored  # the disc it is cut at spans at least this share of its width
+MIN_LOWEST_DISC_AREA = 0.3  # a disc below every body smaller than this share of the usual one is ignored
 
 
 @dataclass(frozen=True)
@@ -100,21 +99,15 @@ def components(mask: np.ndarray, spacing: tuple[float, float], min_area_mm2: flo
 def anterior_to_canal(class_map: np.ndarray) -> np.ndarray | None:
     """Pixels in front of the canal's anterior wall (row by row), or None without a canal.
 
-    Rows the canal does not reach take the wall carried on from the nearest canal rows along the
-    canal's course there (a straight line fitted to its last WALL_TREND_ROWS rows): below a canal
-    drawn only down to L5, the sacrum lies further back, where the canal turns posteriorly.
+    Rows the canal does not reach take the wall position of the nearest canal rows
+    (linear interpolation, constant beyond the ends).
     """
     canal = class_map == CANAL
     rows = np.nonzero(canal.any(axis=1))[0]
     if len(rows) < 5:
         return None
     front = np.array([np.nonzero(canal[r])[0].min() for r in rows], float)
-    every_row = np.arange(class_map.shape[0])
-    wall = np.interp(every_row, rows, front)
-    for end, beyond in ((rows[:WALL_TREND_ROWS], every_row < rows[0]), (rows[-WALL_TREND_ROWS:], every_row > rows[-1])):
-        if len(end) >= 5 and beyond.any():
-            slope, offset = np.polyfit(end, np.interp(end, rows, front), 1)
-            wall[beyond] = slope * every_row[beyond] + offset
+    wall = np.interp(np.arange(class_map.shape[0]), rows, front)
     return np.arange(class_map.shape[1])[None, :] < wall[:, None]
 
 
