@@ -15,7 +15,8 @@ import numpy as np
 
 from pipeline.classify import Thresholds, classify_lla
 from pipeline.cobb import Endplate, axis_tilt_deg, cobb_angle_deg, column_tilt_deg, fit_superior_endplate
-from pipeline.identify import Component, Identification, identify
+from pipeline.bodies import Component
+from pipeline.identify import Identification, identify
 from pipeline.labels import CANAL, DISC, VERTEBRA
 
 Point = tuple[float, float]
