@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipeline.classify import Thresholds, classify_lla
-from pipeline.cobb import Endplate, axis_tilt_deg, cobb_angle_deg, column_tilt_deg, fit_superior_endplate
 from pipeline.bodies import Component
+from pipeline.classify import Thresholds, classify_lla
+from pipeline.cobb import Endplate, axis_tilt_deg, cobb_angle_deg, fit_superior_endplate, square_to_column_deg
 from pipeline.identify import Identification, identify
 from pipeline.labels import CANAL, DISC, VERTEBRA
 
@@ -105,11 +105,9 @@ def superior_endplates(found: Identification, spacing: tuple[float, float]) -> d
 def _column_tilt(bodies: list[Component], k: int, spacing: tuple[float, float]) -> float | None:
     """The tilt square to the column at body k (bodies superior to inferior, the sacrum last):
     toward the body above, else toward the body below unless that is the sacrum."""
-    if k > 0:
-        return column_tilt_deg(bodies[k - 1].centroid_px, bodies[k].centroid_px, spacing)
-    if k + 2 < len(bodies):
-        return column_tilt_deg(bodies[k].centroid_px, bodies[k + 1].centroid_px, spacing)
-    return None
+    above = bodies[k - 1].centroid_px if k > 0 else None
+    below = bodies[k + 1].centroid_px if k + 2 < len(bodies) else None
+    return square_to_column_deg(above, bodies[k].centroid_px, below, spacing)
 
 
 def measure_slice(class_map: np.ndarray, spacing: tuple[float, float], index: int = 0) -> _SliceResult:

@@ -102,6 +102,14 @@ def column_tilt_deg(upper_px: Point, lower_px: Point, spacing: tuple[float, floa
     return float(np.degrees(np.arctan2(-dx, dy)))
 
 
+def square_to_column_deg(above_px: Point | None, centre_px: Point, below_px: Point | None,
+                         spacing: tuple[float, float]) -> float | None:
+    """column_tilt_deg at a body: toward the body above it, else from the body below, else None."""
+    if above_px is not None:
+        return column_tilt_deg(above_px, centre_px, spacing)
+    return None if below_px is None else column_tilt_deg(centre_px, below_px, spacing)
+
+
 def fit_superior_endplate(
     mask: np.ndarray,
     spacing: tuple[float, float],

@@ -91,7 +91,7 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
     above, fragments = without_fragments([b for b in bodies if b.row <= lowest_disc.row])
     result.unidentified += fragments
     if not below:
-        result.unidentified += bodies
+        result.unidentified += above
         result.flags += ["s1_not_found", "l1_not_found"]
         return result
     sacrum = _merge(below, spacing)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pipeline.analysis import analyze, superior_endplates
-from pipeline.cobb import Endplate, cobb_angle_deg, column_tilt_deg, fit_superior_endplate, signed_angle_deg
+from pipeline.cobb import Endplate, cobb_angle_deg, fit_superior_endplate, signed_angle_deg, square_to_column_deg
 from pipeline.identify import identify
 from pipeline.labels import LEVEL_VALUES
 from training import datasets as ds
@@ -110,9 +110,7 @@ def reference_endplate(level_labels: np.ndarray, level: str, spacing: tuple[floa
     k = order.index(level)
     above = _centroid(level_labels == LEVEL_VALUES[order[k - 1]]) if k > 0 else None
     below = _centroid(level_labels == LEVEL_VALUES[order[k + 1]]) if k + 1 < len(order) else None
-    tilt = (column_tilt_deg(above, centre, spacing) if above is not None
-            else column_tilt_deg(centre, below, spacing) if below is not None else None)
-    return fit_superior_endplate(mask, spacing, expected_tilt_deg=tilt)
+    return fit_superior_endplate(mask, spacing, expected_tilt_deg=square_to_column_deg(above, centre, below, spacing))
 
 
 def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray]) -> dict:
@@ -123,7 +121,8 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
         ref = s.extra.get("level_labels")
         if s.source == ds.PHANTOM or s.spacing_mm is None or not _shows_lumbar_levels(ref):
             continue
-        reference = _l1_l5_deg({lv: reference_endplate(ref, lv, s.spacing_mm) for lv in ("L1", "L5")})
+        references = {lv: reference_endplate(ref, lv, s.spacing_mm) for lv in LUMBAR}
+        reference = _l1_l5_deg(references)
         found = identify(pred, s.spacing_mm)
         endplates = superior_endplates(found, s.spacing_mm)  # as the worker measures
         measured = _l1_l5_deg(endplates)
@@ -140,7 +139,7 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
         cases.append({"item": s.item, "reference_deg": reference, "measured_deg": measured,
                       "levels_match": all(on_reference[lv] == LEVEL_VALUES[lv] for lv in on_reference),
                       "predicted_on_reference_value": on_reference,
-                      "endplate_tilt_error_deg": _tilt_errors(endplates, ref, s.spacing_mm)})
+                      "endplate_tilt_error_deg": _tilt_errors(endplates, references)})
     result = agreement([c["reference_deg"] for c in cases], [c["measured_deg"] for c in cases])
     per_level = {lv: [c["endplate_tilt_error_deg"][lv] for c in cases if lv in c["endplate_tilt_error_deg"]]
                  for lv in LUMBAR}
@@ -148,16 +147,11 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
             "endplate_tilt_median_abs_error_deg": {lv: float(np.median(np.abs(v))) for lv, v in per_level.items() if v}}
 
 
-def _tilt_errors(endplates: dict[str, Endplate | None], level_labels: np.ndarray, spacing: tuple[float, float]
-                 ) -> dict[str, float]:
+def _tilt_errors(endplates: dict[str, Endplate | None], references: dict[str, Endplate | None]) -> dict[str, float]:
     """Per lumbar level, the predicted superior endplate's direction minus the reference's (deg):
     which endplates an angle's error comes from."""
-    out = {}
-    for lv in LUMBAR:
-        predicted, reference = endplates.get(lv), reference_endplate(level_labels, lv, spacing)
-        if predicted is not None and reference is not None:
-            out[lv] = signed_angle_deg(np.asarray(reference.direction_mm), np.asarray(predicted.direction_mm))
-    return out
+    return {lv: signed_angle_deg(np.asarray(references[lv].direction_mm), np.asarray(endplates[lv].direction_mm))
+            for lv in LUMBAR if endplates.get(lv) is not None and references.get(lv) is not None}
 
 
 def synthetic_lla(segment: Segment, count: int = 40, seed: int = 7, slices: int = 7,
