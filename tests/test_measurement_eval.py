@@ -30,6 +30,21 @@ def test_agreement_figures():
     sd = np.std([1.0, -1.0, 3.0, 0.0], ddof=1)
     assert result["loa_high_deg"] == pytest.approx(0.75 + 1.96 * sd)
     assert measurement.agreement([], []) == {"n": 0}
+    low, high = result["median_abs_error_ci95_deg"]
+    assert low <= result["median_abs_error_deg"] <= high
+
+
+def test_median_interval_narrows_with_more_cases_and_resamples_patients_whole():
+    rng = np.random.default_rng(1)
+    few, many = np.abs(rng.normal(0, 2, 20)), np.abs(rng.normal(0, 2, 500))
+    few_low, few_high = measurement.median_interval(few)
+    many_low, many_high = measurement.median_interval(many)
+    assert many_high - many_low < few_high - few_low
+    # three identical slices per patient carry no more information than one slice per patient
+    per_patient = np.abs(rng.normal(0, 2, 8))
+    slices, patients = np.repeat(per_patient, 3), np.repeat([f"p{k}" for k in range(8)], 3)
+    assert measurement.median_interval(slices, patients) == measurement.median_interval(per_patient)
+    assert measurement.median_interval(slices) != measurement.median_interval(per_patient)
 
 
 def test_identification_is_right_on_the_reference_and_wrong_without_the_sacrum(phantom_slices):

@@ -209,7 +209,9 @@ def print_segmentation_summary(metrics: dict) -> None:
     for key, name in (("l1_l5_angle_real", "L1-L5 angle, real"), ("lla_synthetic", "LLA, synthetic series")):
         m = metrics.get(key)
         if m and m.get("n"):
-            print(f"  {name}: median |error| {m['median_abs_error_deg']:.2f} deg, MAE {m['mae_deg']:.2f}, "
+            low, high = m["median_abs_error_ci95_deg"]
+            print(f"  {name}: median |error| {m['median_abs_error_deg']:.2f} deg (95% CI {low:.2f}..{high:.2f}), "
+                  f"MAE {m['mae_deg']:.2f}, "
                   f"bias {m['bias_deg']:+.2f}, n={m['n']}", flush=True)
 
 
@@ -434,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="default: the run's float16 copy (the shipped weights)")
     p.add_argument("--out", default=None, help="default: <run>/eval")
     p.add_argument("--split", choices=("validation", "train"), default="validation")
-    p.add_argument("--synthetic-series", type=int, default=40,
+    p.add_argument("--synthetic-series", type=int, default=120,
                    help="segmentation: fresh synthetic series for the LLA agreement (0 = none)")
     args = p.parse_args(argv)
     run = Path(args.run)

@@ -32,9 +32,9 @@ LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 Segment = Callable[[Sequence[np.ndarray]], list[np.ndarray]]  # slices -> class maps on their grids
 
 
-def agreement(reference: Sequence[float], measured: Sequence[float]) -> dict:
+def agreement(reference: Sequence[float], measured: Sequence[float], groups: Sequence[str] | None = None) -> dict:
     """Bland-Altman (measured - reference): bias, SD, 95 % limits of agreement; MAE and median
-    absolute error."""
+    absolute error with a bootstrap 95 % interval (see median_interval)."""
     ref, mea = np.asarray(reference, float), np.asarray(measured, float)
     diff = mea - ref
     if len(diff) == 0:
@@ -42,8 +42,27 @@ def agreement(reference: Sequence[float], measured: Sequence[float]) -> dict:
     sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
     bias = float(diff.mean())
     return {"n": int(len(diff)), "median_abs_error_deg": float(np.median(np.abs(diff))),
+            "median_abs_error_ci95_deg": median_interval(np.abs(diff), groups),
             "mae_deg": float(np.abs(diff).mean()), "max_abs_error_deg": float(np.abs(diff).max()),
             "bias_deg": bias, "sd_deg": sd, "loa_low_deg": bias - 1.96 * sd, "loa_high_deg": bias + 1.96 * sd}
+
+
+def median_interval(values: Sequence[float], groups: Sequence[str] | None = None, resamples: int = 4000,
+                    seed: int = 0) -> list[float]:
+    """Percentile-bootstrap 95 % interval of the median: how far the figure could move on another
+    sample of the same size (40 synthetic series gave medians of 1.02 and 0.58 deg on two seeds).
+    With groups (the patient of each slice), whole groups are resampled: slices of one patient
+    are not independent, and resampling them singly would make the interval look narrower."""
+    values = np.asarray(values, float)
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        draws = rng.integers(0, len(values), (resamples, len(values)))
+        medians = np.median(values[draws], axis=1)
+    else:
+        members = [np.flatnonzero(np.asarray(groups) == g) for g in dict.fromkeys(groups)]
+        picks = rng.integers(0, len(members), (resamples, len(members)))
+        medians = np.array([np.median(values[np.concatenate([members[k] for k in row])]) for row in picks])
+    return [float(v) for v in np.percentile(medians, [2.5, 97.5])]
 
 
 def _shows_lumbar_levels(level_labels: np.ndarray | None) -> bool:
@@ -136,11 +155,12 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
         # which reference level each measured body lies on: a body given the wrong level (T12 read as
         # L1) or two bodies fused across a disc make an identification error, not a fitting one
         on_reference = {lv: _level_under(found.bodies[lv].mask, ref) for lv in ("L1", "L5")}
-        cases.append({"item": s.item, "reference_deg": reference, "measured_deg": measured,
+        cases.append({"item": s.item, "patient": s.patient_id, "reference_deg": reference, "measured_deg": measured,
                       "levels_match": all(on_reference[lv] == LEVEL_VALUES[lv] for lv in on_reference),
                       "predicted_on_reference_value": on_reference,
                       "endplate_tilt_error_deg": _tilt_errors(endplates, references)})
-    result = agreement([c["reference_deg"] for c in cases], [c["measured_deg"] for c in cases])
+    result = agreement([c["reference_deg"] for c in cases], [c["measured_deg"] for c in cases],
+                       groups=[c["patient"] for c in cases])
     per_level = {lv: [c["endplate_tilt_error_deg"][lv] for c in cases if lv in c["endplate_tilt_error_deg"]]
                  for lv in LUMBAR}
     return {**result, "cases": cases, "not_measured": unmeasured,
@@ -154,7 +174,7 @@ def _tilt_errors(endplates: dict[str, Endplate | None], references: dict[str, En
             for lv in LUMBAR if endplates.get(lv) is not None and references.get(lv) is not None}
 
 
-def synthetic_lla(segment: Segment, count: int = 40, seed: int = 7, slices: int = 7,
+def synthetic_lla(segment: Segment, count: int = 120, seed: int = 7, slices: int = 7,
                   lla_range: tuple[float, float] = (15.0, 77.0), cache_dir: str | None = "default",
                   progress: bool = False) -> dict:
     """L1-S1 LLA measured by pipeline.analysis on fresh synthetic series vs the exact angle."""

@@ -72,6 +72,12 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(agreement: dict) -> str:
+    """' (95% CI a..b)' for the median's bootstrap interval, when the metrics have it."""
+    ci = agreement.get("median_abs_error_ci95_deg")
+    return "" if not ci else f" (95% CI {ci[0]:.2f}..{ci[1]:.2f})"
+
+
 def _segmentation_section(run: Path, info: dict) -> list[str]:
     config, split, history = _read(run, "config.json"), _read(run, "split.json"), _read(run, "history.json")
     metrics = _read(run / "eval", "metrics.json")
@@ -120,7 +126,7 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
     real = metrics.get("l1_l5_angle_real", {})
     if real.get("n"):
         lines.append(f"- L1-L5 angle on real validation volumes, predicted vs reference masks: median |error| "
-                     f"{_fmt(real['median_abs_error_deg'], 2)} deg, MAE {_fmt(real['mae_deg'], 2)}, bias "
+                     f"{_fmt(real['median_abs_error_deg'], 2)} deg{_interval(real)}, MAE {_fmt(real['mae_deg'], 2)}, bias "
                      f"{real['bias_deg']:+.2f}, n = {real['n']} (not measured on {len(real['not_measured'])})")
         tilts = real.get("endplate_tilt_median_abs_error_deg")
         if tilts:
@@ -131,7 +137,7 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
         alone = syn["measurement_alone_on_reference_masks"]
         lines.append(f"- L1-S1 LLA on {syn['series']} fresh synthetic series ({syn['slices_per_series']} slices, "
                      f"exact truth): measured on {syn['measured']}, median |error| "
-                     f"{_fmt(syn['median_abs_error_deg'], 2)} deg, MAE {_fmt(syn['mae_deg'], 2)}, 95% limits of "
+                     f"{_fmt(syn['median_abs_error_deg'], 2)} deg{_interval(syn)}, MAE {_fmt(syn['mae_deg'], 2)}, 95% limits of "
                      f"agreement {syn['loa_low_deg']:+.2f} .. {syn['loa_high_deg']:+.2f} deg; the measurement "
                      f"alone on the reference masks: median |error| {_fmt(alone.get('median_abs_error_deg'), 2)} deg")
         big = [c for c in syn["cases"] if abs(c["measured_deg"] - c["reference_deg"]) > 5.0]

@@ -615,7 +615,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-size", type=int, default=128, help="progressive resizing: first epochs at this "
                                                                 "size (0 = none)")
     s.add_argument("--warmup-epochs", type=int, default=16)
-    s.add_argument("--synthetic-series", type=int, default=40,
+    s.add_argument("--synthetic-series", type=int, default=120,
                    help="fresh synthetic series on which the final evaluation measures the LLA (0 = none)")
     s.add_argument("--lr-plateau", type=float, default=0.5, help="multiply the learning rate by this when "
                                                                  "validation loss stalls (0 = constant, as the paper)")
