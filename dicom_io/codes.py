@@ -88,6 +88,7 @@ FLAG_MEANINGS: dict[str, str] = {
     "anterior_on_the_right": "Anterior on the right; mirrored to measure",
     "implausible_angle": "Implausible angle",
     "lla_differs_on_neighbouring_slices": "LLA differs on neighbouring slices",
+    "measured_off_midline": "Measured on a slice off the midline",
     "endplate_fit_poor": "Poor endplate fit",
     "low_segmentation_confidence": "Low segmentation confidence",
     "cnn_disagrees_with_measurement": "CNN class differs from the measured class",

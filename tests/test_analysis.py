@@ -94,6 +94,21 @@ def test_l1_endplate_at_the_top_edge_is_measured_and_flagged(phantoms):
     assert "l1_endplate_at_field_of_view_edge" not in roomy.flags
 
 
+def test_an_angle_measured_only_off_the_midline_is_flagged(phantoms):
+    phantom = phantoms[0]
+    classes = classes_of(phantom.labels)
+    assert "measured_off_midline" not in analyze(classes, (0.9, 0.9)).flags
+    mid = classes[phantom.mid_slice]
+    no_sacrum = mid.copy()
+    no_sacrum[phantom.labels[phantom.mid_slice] == LABELS["S1"]] = 0  # the midline gives no angle
+    lateral = mid.copy()  # a slice through the side of the canal: the bodies are all there
+    canal_cols = np.nonzero(lateral == CANAL)[1]
+    lateral[(lateral == CANAL) & (np.arange(lateral.shape[1]) > np.percentile(canal_cols, 30))] = 0
+    result = analyze(np.stack([lateral, no_sacrum, no_sacrum]), (0.9, 0.9))
+    assert result.slice_index == 0 and result.lla_deg == pytest.approx(phantom.lla_deg, abs=1.0)
+    assert "measured_off_midline" in result.flags
+
+
 def test_low_confidence_and_cnn_disagreement_are_flags(phantoms):
     phantom = phantoms[0]
     classes = classes_of(phantom.labels)
