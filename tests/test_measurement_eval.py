@@ -80,6 +80,8 @@ def test_l1_l5_angle_against_reference_masks(phantom_slices):
     # per endplate as well: each level's direction is where an angle's error would come from
     assert set(same["endplate_tilt_median_abs_error_deg"]) == {"L1", "L2", "L3", "L4", "L5"}
     assert max(same["endplate_tilt_median_abs_error_deg"].values()) < 0.5
+    assert list(same["median_abs_error_per_source_deg"]) == [ds.MYO]
+    assert same["median_abs_error_per_source_deg"][ds.MYO] == pytest.approx(same["median_abs_error_deg"])
     # the whole prediction turned by 4 deg: the L1-L5 angle cannot see it, each endplate does
     turned = measurement.l1_l5_angle(real, [_turned(s.mask, 4.0) for s in real])
     assert turned["n"] >= 3 and turned["max_abs_error_deg"] < 1.0

@@ -128,6 +128,11 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
         lines.append(f"- L1-L5 angle on real validation volumes, predicted vs reference masks: median |error| "
                      f"{_fmt(real['median_abs_error_deg'], 2)} deg{_interval(real)}, MAE {_fmt(real['mae_deg'], 2)}, bias "
                      f"{real['bias_deg']:+.2f}, n = {real['n']} (not measured on {len(real['not_measured'])})")
+        per_source = real.get("median_abs_error_per_source_deg")
+        if per_source:
+            counts = {src: sum(c.get("source") == src for c in real["cases"]) for src in per_source}
+            lines.append("  - median |error| per source: "
+                         + ", ".join(f"{src} {_fmt(v, 2)} deg (n = {counts[src]})" for src, v in per_source.items()))
         tilts = real.get("endplate_tilt_median_abs_error_deg")
         if tilts:
             lines.append("  - each superior endplate, predicted vs reference direction, median |error|: "
