@@ -1,6 +1,6 @@
 """Turn two training runs into the shipped models: weights, their descriptions and a model card.
 
-    python -m training package RUN_UNET RUN_DETECLORDOSE --out models --version 1.1.0
+    python -m training package RUN_UNET RUN_DETECLORDOSE --out models --version 1.2.0
 
 Writes into --out:
   unet_4class.weights.h5, unet_4class.json      the run's float16 weights and their description
@@ -149,7 +149,7 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
         if big:
             lines.append(f"  - {len(big)} of {syn['measured']} synthetic series off by more than 5 deg (reference "
                          + ", ".join(f"{c['reference_deg']:.0f}" for c in big) + " deg); "
-                         f"{sum(bool(c['flags']) for c in big)} of them carry a quality flag.")
+                         f"with a quality flag: {sum(bool(c['flags']) for c in big)} of {len(big)}.")
     lines.append(f"- Pixel accuracy {_fmt(metrics.get('pixel_accuracy'), 4)} (background-dominated; beside "
                  "the above only).")
     lines += ["", "Plots: `eval/training_curves.png`, `eval/dice_per_label.png`, `eval/confusion_segmentation.png`, "
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("segmentation_run")
     p.add_argument("classifier_run")
     p.add_argument("--out", default="models")
-    p.add_argument("--version", default="1.1.0")
+    p.add_argument("--version", default="1.2.0")
     p.add_argument("--date", default=None, help="training date for the card (default: the runs' config time)")
     args = p.parse_args(argv)
     out = Path(args.out)

@@ -599,7 +599,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated subsets: " + ", ".join(ds.DEFAULT_SEGMENTATION_SOURCES))
     s.add_argument("--phantoms", type=int, default=128, help="synthetic volumes (each gives --phantom-slices)")
     s.add_argument("--phantom-slices", type=int, default=3)
-    s.add_argument("--per-level-slices", type=int, default=3, help="slices per myosegmentum / chu volume")
+    s.add_argument("--per-level-slices", type=int, default=5, help="slices per myosegmentum / chu volume")
     s.add_argument("--spider-max-slices", type=int, default=None, help="cap of slices per SPIDER patient")
     s.add_argument("--input-size", type=int, default=SEGMENTATION_INPUT)
     s.add_argument("--steps-per-epoch", type=int, default=20)
