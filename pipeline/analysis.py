@@ -31,7 +31,7 @@ class AnalysisConfig:
     max_neighbour_spread_deg: float = 5.0  # LLA on the neighbouring slices may differ this much
     max_endplate_rms_mm: float = 1.5  # scatter of the outline about a fitted endplate
     min_edge_margin_mm: float = 5.0  # an L1 endplate nearer the top of the image is flagged
-    min_canal_share: float = 0.5  # a measured slice whose canal is smaller than this share of the widest is off the midline
+    min_canal_share: float = 0.5  # a measured slice with less canal than this share of the widest: off the midline
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,8 @@ def analyze(
     widest_canal = max(r.canal_area_mm2 for r in results)
     if lla is not None and best.canal_area_mm2 < config.min_canal_share * widest_canal:
         # the slices nearer the midline gave no angle: this one cuts the bodies laterally, where
-        # endplates run differently and the segmentation is least sure (a single lateral slice
-        # gave 32.5 deg on the demo volume, another network 50.8 on another lateral slice)
+        # endplates run differently and the segmentation is least sure (on the demo volume two
+        # networks measured 32.5 and 50.8 deg on two different lateral slices)
         flags.append("measured_off_midline")
     l1 = best.endplates.get("L1")
     if l1 is not None and min(l1.anterior_px[0], l1.posterior_px[0]) * spacing[0] < config.min_edge_margin_mm:

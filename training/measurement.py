@@ -155,7 +155,8 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
         # which reference level each measured body lies on: a body given the wrong level (T12 read as
         # L1) or two bodies fused across a disc make an identification error, not a fitting one
         on_reference = {lv: _level_under(found.bodies[lv].mask, ref) for lv in ("L1", "L5")}
-        cases.append({"item": s.item, "patient": s.patient_id, "source": s.source, "reference_deg": reference, "measured_deg": measured,
+        cases.append({"item": s.item, "patient": s.patient_id, "source": s.source,
+                      "reference_deg": reference, "measured_deg": measured,
                       "levels_match": all(on_reference[lv] == LEVEL_VALUES[lv] for lv in on_reference),
                       "predicted_on_reference_value": on_reference,
                       "endplate_tilt_error_deg": _tilt_errors(endplates, references)})
@@ -163,9 +164,11 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray])
                        groups=[c["patient"] for c in cases])
     per_level = {lv: [c["endplate_tilt_error_deg"][lv] for c in cases if lv in c["endplate_tilt_error_deg"]]
                  for lv in LUMBAR}
-    per_source = {src: float(np.median([abs(c["measured_deg"] - c["reference_deg"]) for c in cases if c["source"] == src]))
-                  for src in dict.fromkeys(c["source"] for c in cases)}
-    return {**result, "cases": cases, "not_measured": unmeasured, "median_abs_error_per_source_deg": per_source,
+    per_source: dict[str, list[float]] = {}
+    for c in cases:
+        per_source.setdefault(c["source"], []).append(abs(c["measured_deg"] - c["reference_deg"]))
+    return {**result, "cases": cases, "not_measured": unmeasured,
+            "median_abs_error_per_source_deg": {src: float(np.median(e)) for src, e in per_source.items()},
             "endplate_tilt_median_abs_error_deg": {lv: float(np.median(np.abs(v))) for lv, v in per_level.items() if v}}
 
 

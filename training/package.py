@@ -126,8 +126,8 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
     real = metrics.get("l1_l5_angle_real", {})
     if real.get("n"):
         lines.append(f"- L1-L5 angle on real validation volumes, predicted vs reference masks: median |error| "
-                     f"{_fmt(real['median_abs_error_deg'], 2)} deg{_interval(real)}, MAE {_fmt(real['mae_deg'], 2)}, bias "
-                     f"{real['bias_deg']:+.2f}, n = {real['n']} (not measured on {len(real['not_measured'])})")
+                     f"{_fmt(real['median_abs_error_deg'], 2)} deg{_interval(real)}, MAE {_fmt(real['mae_deg'], 2)}, "
+                     f"bias {real['bias_deg']:+.2f}, n = {real['n']} (not measured on {len(real['not_measured'])})")
         per_source = real.get("median_abs_error_per_source_deg")
         if per_source:
             counts = {src: sum(c.get("source") == src for c in real["cases"]) for src in per_source}
@@ -142,9 +142,10 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
         alone = syn["measurement_alone_on_reference_masks"]
         lines.append(f"- L1-S1 LLA on {syn['series']} fresh synthetic series ({syn['slices_per_series']} slices, "
                      f"exact truth): measured on {syn['measured']}, median |error| "
-                     f"{_fmt(syn['median_abs_error_deg'], 2)} deg{_interval(syn)}, MAE {_fmt(syn['mae_deg'], 2)}, 95% limits of "
-                     f"agreement {syn['loa_low_deg']:+.2f} .. {syn['loa_high_deg']:+.2f} deg; the measurement "
-                     f"alone on the reference masks: median |error| {_fmt(alone.get('median_abs_error_deg'), 2)} deg")
+                     f"{_fmt(syn['median_abs_error_deg'], 2)} deg{_interval(syn)}, MAE {_fmt(syn['mae_deg'], 2)}, "
+                     f"95% limits of agreement {syn['loa_low_deg']:+.2f} .. {syn['loa_high_deg']:+.2f} deg; "
+                     "the measurement alone on the reference masks: median |error| "
+                     f"{_fmt(alone.get('median_abs_error_deg'), 2)} deg")
         big = [c for c in syn["cases"] if abs(c["measured_deg"] - c["reference_deg"]) > 5.0]
         if big:
             lines.append(f"  - {len(big)} of {syn['measured']} synthetic series off by more than 5 deg (reference "
