@@ -18,7 +18,7 @@ test: install system-deps services
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$code
 
-# Re-creates the shipped weights in models/ (about 50 min on 2 CPU cores; needs ../shared/data).
+# Re-creates the shipped weights in models/ (about an hour on 2 CPU cores; needs ../shared/data).
 TRAIN_DIR ?= build/train
 train: install
 	$(BIN)/lumbarnode train segmentation --out $(TRAIN_DIR)/unet

@@ -71,10 +71,6 @@ class _SliceResult:
         return (has_canal, self.lla_deg is not None, self.canal_area_mm2, len(self.identification.bodies))
 
 
-def _cut_by_top_edge(body: Component) -> bool:
-    return bool(body.mask[0].any())
-
-
 def superior_endplates(found: Identification, spacing: tuple[float, float]) -> dict[str, Endplate | None]:
     """The superior endplate of each identified body, oriented by the disc resting on it.
 
@@ -89,7 +85,7 @@ def superior_endplates(found: Identification, spacing: tuple[float, float]) -> d
     endplates = {}
     order = list(found.bodies.values())  # superior to inferior
     for k, (level, body) in enumerate(found.bodies.items()):
-        if _cut_by_top_edge(body):
+        if body.cut_by_top:
             endplates[level] = None
             continue
         above = [d for d in found.discs if d.row < body.row]
@@ -115,7 +111,7 @@ def measure_slice(class_map: np.ndarray, spacing: tuple[float, float], index: in
     found = identify(class_map, spacing)
     endplates = superior_endplates(found, spacing)
     for level in ("L1", "S1"):
-        if level in found.bodies and _cut_by_top_edge(found.bodies[level]):
+        if level in found.bodies and found.bodies[level].cut_by_top:
             found.flags.append(f"{level.lower()}_cut_by_field_of_view")
     lla = None
     if endplates.get("L1") is not None and endplates.get("S1") is not None:

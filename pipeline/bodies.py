@@ -41,6 +41,11 @@ class Component:
     def row(self) -> float:
         return self.centroid_px[0]
 
+    @property
+    def cut_by_top(self) -> bool:
+        """The body reaches the top row of the image: partly out of view."""
+        return bool(self.mask[0].any())
+
 
 def components(mask: np.ndarray, spacing: tuple[float, float], min_area_mm2: float) -> list[Component]:
     """Connected components larger than min_area_mm2, ordered superior to inferior."""
@@ -132,7 +137,7 @@ def without_fragments(bodies: list[Component]) -> tuple[list[Component], list[Co
     area = float(np.median([b.area_mm2 for b in bodies]))
     height = float(np.median([b.height_mm for b in bodies]))
     fragment = [b.area_mm2 < MAX_FRAGMENT_AREA * area and b.height_mm < MAX_FRAGMENT_HEIGHT * height
-                and not b.mask[0].any() for b in bodies]
+                and not b.cut_by_top for b in bodies]
     return ([b for b, f in zip(bodies, fragment) if not f], [b for b, f in zip(bodies, fragment) if f])
 
 
@@ -154,7 +159,7 @@ def cut_at_inner_discs(bodies: list[Component], discs: list[Component], spacing:
     while todo:
         body = todo.pop()
         parts = None
-        tall = MIN_FUSED_HEIGHT_AT_TOP if body.mask[0].any() else MIN_FUSED_HEIGHT  # the top: partly out of view
+        tall = MIN_FUSED_HEIGHT_AT_TOP if body.cut_by_top else MIN_FUSED_HEIGHT
         if body.height_mm >= tall * typical:
             for disc in sorted(discs, key=lambda d: -d.area_mm2):
                 parts = _cut_along(body, disc, spacing, typical)
@@ -221,7 +226,7 @@ def _cut_along(body: Component, disc: Component, spacing: tuple[float, float], t
     upper_part, lower_part = component_of(upper, spacing), component_of(lower, spacing)
     if lower_part.height_mm < MIN_PART_HEIGHT * typical_mm:
         return None
-    if upper_part.height_mm < MIN_PART_HEIGHT * typical_mm and not upper[0].any():
+    if upper_part.height_mm < MIN_PART_HEIGHT * typical_mm and not upper_part.cut_by_top:
         return None
     return upper_part, lower_part
 
