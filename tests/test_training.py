@@ -341,6 +341,22 @@ def test_tiny_classifier_run_writes_its_files(tiny_classifier_run):
     assert set(result.metrics) >= {"accuracy", "macro_f1", "macro_precision", "macro_recall", "confusion_matrix"}
 
 
+def test_split_seed_keeps_the_validation_patients_while_the_training_seed_changes(tiny_classifier_run, tmp_path):
+    from training.train import train_classifier
+
+    def run(seed, split_seed, name):
+        return train_classifier(tmp_path / name, samples=_toy_spines(10), input_size=64, epochs=1, batch_size=4,
+                                dense=8, max_minutes=None, deterministic=False, verbose=0, evaluate=False,
+                                seed=seed, split_seed=split_seed).out_dir
+
+    def validation(out_dir):
+        return json.loads((out_dir / "split.json").read_text())["validation"]
+
+    base = validation(tiny_classifier_run.out_dir)  # seed 0
+    assert validation(run(3, 0, "fixed")) == base
+    assert any(validation(run(s, None, f"s{s}")) != base for s in (3, 4, 5))  # the split follows --seed otherwise
+
+
 def test_package_ships_both_runs_with_descriptions_and_a_model_card(tiny_segmentation_run, tiny_classifier_run,
                                                                     tmp_path):
     from pipeline.inference import ModelInfo, sha256_of

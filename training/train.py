@@ -335,7 +335,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
                        steps_per_epoch: int = 10, batch_size: int = 16, learning_rate: float = 1e-3,
                        dice_weight: float = 1.0, patience: int = 4, val_fraction: float = 0.2,
                        val_monitor_max: int | None = 48, max_rotation_deg: float = 45.0, flips: bool = True,
-                       augment_mode: str = "paper", augment: bool = True, seed: int = 0,
+                       augment_mode: str = "paper", augment: bool = True, seed: int = 0, split_seed: int | None = None,
                        max_minutes: float | None = 21.0, init_weights: str | None = None,
                        class_weights: Sequence[float] | None = (1.0, 3.0, 5.0, 5.0), he_init: bool = True,
                        warmup_size: int | None = 128, warmup_epochs: int = 8, lr_plateau: float | None = 0.5,
@@ -356,8 +356,9 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
     else:
         data_desc = {"kind": "segmentation", "kwargs": None, "note": "samples given in code"}
     samples = [s for s in samples if s.mask is not None]
-    split, train, val = _split_by_patient(samples, val_fraction, seed)
-    _write_json(out_dir / "split.json", {**split, "seed": seed, "val_fraction": val_fraction,
+    split_seed = seed if split_seed is None else split_seed
+    split, train, val = _split_by_patient(samples, val_fraction, split_seed)
+    _write_json(out_dir / "split.json", {**split, "seed": split_seed, "val_fraction": val_fraction,
                                          "train_counts": _split_counts(train), "validation_counts": _split_counts(val)})
     config = {"task": "segmentation", "arguments": cli_args or {}, "seed": seed, "input_size": input_size,
               "epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
@@ -497,7 +498,7 @@ def train_classifier(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None
                      learning_rate: float = 1e-3, patience: int = 5, val_fraction: float = 0.2,
                      augment: bool = True, class_weighting: bool = True, baseline: str | None = None,
                      baseline_weights: str | None = None, freeze_base: bool = False, dense: int = 128,
-                     seed: int = 0, max_minutes: float | None = 8.0, evaluate: bool = True,
+                     seed: int = 0, split_seed: int | None = None, max_minutes: float | None = 8.0, evaluate: bool = True,
                      deterministic: bool = True, verbose: int = 2, cli_args: dict | None = None) -> TrainResult:
     """Train Deteclordose (or a baseline) on samples carrying a reference LLA (phantom mid
     slices by default: `data` = keyword arguments of datasets.classifier_samples)."""
@@ -514,14 +515,15 @@ def train_classifier(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None
     else:
         data_desc = {"kind": "classifier", "kwargs": None, "note": "samples given in code"}
     samples = [s for s in samples if s.lla_deg is not None]
-    split, train, val = _split_by_patient(samples, val_fraction, seed)
+    split_seed = seed if split_seed is None else split_seed
+    split, train, val = _split_by_patient(samples, val_fraction, split_seed)
     y = np.array([lordosis_class_index(s.lla_deg) for s in train])
     yv = np.array([lordosis_class_index(s.lla_deg) for s in val])
     counts = np.bincount(y, minlength=len(LORDOSIS_CLASSES))
     # balanced class weights: the rule's normal band is narrower than the other two
     class_weights = (len(y) / (len(counts) * np.maximum(counts, 1))) if class_weighting else np.ones(len(counts))
     name = baseline or "deteclordose"
-    _write_json(out_dir / "split.json", {**split, "seed": seed, "val_fraction": val_fraction,
+    _write_json(out_dir / "split.json", {**split, "seed": split_seed, "val_fraction": val_fraction,
                                          "train_class_counts": dict(zip(LORDOSIS_CLASSES, counts.tolist())),
                                          "validation_class_counts": dict(zip(LORDOSIS_CLASSES, np.bincount(
                                              yv, minlength=len(LORDOSIS_CLASSES)).tolist()))})
@@ -586,6 +588,9 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--patience", type=int, default=patience, help="early-stopping patience (epochs)")
         q.add_argument("--val-fraction", type=float, default=0.2, help="patients for validation (paper: 0.2)")
         q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--split-seed", type=int, default=None,
+                       help="seed of the patient split (default: --seed); fix it to compare training seeds "
+                            "on the same validation patients")
         q.add_argument("--max-minutes", type=float, default=minutes, help="stop before exceeding (0 = no limit)")
         q.add_argument("--no-augment", action="store_true")
         q.add_argument("--no-eval", action="store_true", help="skip the validation report at the end")
@@ -642,7 +647,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_args = {**vars(args), "argv": list(argv) if argv is not None else sys.argv[1:]}
     max_minutes = args.max_minutes or None
     common = dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
-                  val_fraction=args.val_fraction, seed=args.seed, max_minutes=max_minutes,
+                  val_fraction=args.val_fraction, seed=args.seed, split_seed=args.split_seed,
+                  max_minutes=max_minutes,
                   augment=not args.no_augment, evaluate=not args.no_eval, deterministic=not args.nondeterministic,
                   verbose=verbose, cli_args=cli_args, input_size=args.input_size)
     if args.task == "segmentation":
