@@ -341,6 +341,32 @@ def test_tiny_classifier_run_writes_its_files(tiny_classifier_run):
     assert set(result.metrics) >= {"accuracy", "macro_f1", "macro_precision", "macro_recall", "confusion_matrix"}
 
 
+def test_package_reports_other_seeds_and_refuses_other_validation_patients(tiny_segmentation_run,
+                                                                          tiny_classifier_run, tmp_path):
+    from training.package import main as package
+    from training.train import train_segmentation
+
+    def seg_run(seed, split_seed):
+        return train_segmentation(tmp_path / f"unet{seed}_{split_seed}", samples=_toy_spines(10), input_size=64,
+                                  epochs=1, steps_per_epoch=2, batch_size=4, val_monitor_max=None, augment=False,
+                                  max_minutes=None, warmup_size=None, deterministic=False, verbose=0,
+                                  seed=seed, split_seed=split_seed).out_dir
+
+    runs = [str(tiny_segmentation_run.out_dir), str(tiny_classifier_run.out_dir)]
+    same = seg_run(4, 0)
+    assert package([*runs, "--out", str(tmp_path / "a"), "--other-seeds", str(same)]) == 0
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    table = card.split("### Run-to-run variation", 1)[1]
+    assert "| 0 (shipped) |" in table and "| 4 |" in table
+
+    other = next(r for r in (seg_run(s, None) for s in (3, 4, 5))
+                 if json.loads((r / "split.json").read_text())["validation"]
+                 != json.loads((tiny_segmentation_run.out_dir / "split.json").read_text())["validation"])
+    with pytest.raises(SystemExit, match="other patients"):
+        package([*runs, "--out", str(tmp_path / "b"), "--other-seeds", str(other)])
+    assert not (tmp_path / "b").exists()  # refused before anything was written
+
+
 def test_split_seed_keeps_the_validation_patients_while_the_training_seed_changes(tiny_classifier_run, tmp_path):
     from training.train import train_classifier
 
