@@ -202,7 +202,8 @@ def _headline(run: Path) -> dict:
 
     return {"seed": _read(run, "config.json").get("seed"),
             "dice": _fmt(metrics.get("mean_over_patients", {}).get("vertebra", {}).get("dice")),
-            "identified": f"{ident['correct']}/{ident['slices']} ({ident['accuracy']:.1%})" if ident.get("slices") else "-",
+            "identified": (f"{ident['correct']}/{ident['slices']} ({ident['accuracy']:.1%})"
+                           if ident.get("slices") else "-"),
             "real": median(real) + (f", n = {real['n']}" if real.get("n") else ""), "synthetic": median(syn)}
 
 

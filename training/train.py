@@ -498,7 +498,8 @@ def train_classifier(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None
                      learning_rate: float = 1e-3, patience: int = 5, val_fraction: float = 0.2,
                      augment: bool = True, class_weighting: bool = True, baseline: str | None = None,
                      baseline_weights: str | None = None, freeze_base: bool = False, dense: int = 128,
-                     seed: int = 0, split_seed: int | None = None, max_minutes: float | None = 8.0, evaluate: bool = True,
+                     seed: int = 0, split_seed: int | None = None, max_minutes: float | None = 8.0,
+                     evaluate: bool = True,
                      deterministic: bool = True, verbose: int = 2, cli_args: dict | None = None) -> TrainResult:
     """Train Deteclordose (or a baseline) on samples carrying a reference LLA (phantom mid
     slices by default: `data` = keyword arguments of datasets.classifier_samples)."""
