@@ -76,10 +76,10 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _interval(agreement: dict) -> str:
+def _interval(agreement: dict, label: str = "95% CI ") -> str:
     """' (95% CI a..b)' for the median's bootstrap interval, when the metrics have it."""
     ci = agreement.get("median_abs_error_ci95_deg")
-    return "" if not ci else f" (95% CI {ci[0]:.2f}..{ci[1]:.2f})"
+    return "" if not ci else f" ({label}{ci[0]:.2f}..{ci[1]:.2f})"
 
 
 def _segmentation_section(run: Path, info: dict) -> list[str]:
@@ -194,11 +194,8 @@ def _headline(run: Path) -> dict:
     metrics = _read(run / "eval", "metrics.json")
     ident, real, syn = (metrics.get(k, {}) for k in ("identification", "l1_l5_angle_real", "lla_synthetic"))
 
-    def median(agreement: dict) -> str:
-        if not agreement.get("n"):
-            return "-"
-        ci = agreement.get("median_abs_error_ci95_deg")
-        return _fmt(agreement["median_abs_error_deg"], 2) + (f" ({ci[0]:.2f}..{ci[1]:.2f})" if ci else "")
+    def median(agreement: dict) -> str:  # the table's header says the interval is a 95% CI
+        return _fmt(agreement["median_abs_error_deg"], 2) + _interval(agreement, "") if agreement.get("n") else "-"
 
     return {"seed": _read(run, "config.json").get("seed"),
             "dice": _fmt(metrics.get("mean_over_patients", {}).get("vertebra", {}).get("dice")),

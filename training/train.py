@@ -314,13 +314,15 @@ def _start_run(out_dir: str | Path, seed: int, deterministic: bool) -> Path:
     return out_dir
 
 
-def _split_by_patient(samples: Sequence[ds.Sample], val_fraction: float, seed: int):
-    """(split, train samples, validation samples); both sides must hold someone."""
-    split = ds.split_patients([s.patient_id for s in samples], val_fraction, seed)
+def _split_by_patient(samples: Sequence[ds.Sample], val_fraction: float, seed: int, split_seed: int | None = None):
+    """(split with the seed it was drawn with, train samples, validation samples); both sides must
+    hold someone. The split follows the training seed unless `split_seed` fixes it."""
+    split_seed = seed if split_seed is None else split_seed
+    split = ds.split_patients([s.patient_id for s in samples], val_fraction, split_seed)
     train, val = ds.apply_split(samples, split)
     if not train or not val:
         raise ValueError(f"need training and validation patients (got {len(train)} / {len(val)} slices)")
-    return split, train, val
+    return {**split, "seed": split_seed}, train, val
 
 
 def _result(weights: Path, f16: Path, history: dict) -> dict:
@@ -356,9 +358,8 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
     else:
         data_desc = {"kind": "segmentation", "kwargs": None, "note": "samples given in code"}
     samples = [s for s in samples if s.mask is not None]
-    split_seed = seed if split_seed is None else split_seed
-    split, train, val = _split_by_patient(samples, val_fraction, split_seed)
-    _write_json(out_dir / "split.json", {**split, "seed": split_seed, "val_fraction": val_fraction,
+    split, train, val = _split_by_patient(samples, val_fraction, seed, split_seed)
+    _write_json(out_dir / "split.json", {**split, "val_fraction": val_fraction,
                                          "train_counts": _split_counts(train), "validation_counts": _split_counts(val)})
     config = {"task": "segmentation", "arguments": cli_args or {}, "seed": seed, "input_size": input_size,
               "epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
@@ -516,15 +517,14 @@ def train_classifier(out_dir: str | Path, *, samples: Sequence[ds.Sample] | None
     else:
         data_desc = {"kind": "classifier", "kwargs": None, "note": "samples given in code"}
     samples = [s for s in samples if s.lla_deg is not None]
-    split_seed = seed if split_seed is None else split_seed
-    split, train, val = _split_by_patient(samples, val_fraction, split_seed)
+    split, train, val = _split_by_patient(samples, val_fraction, seed, split_seed)
     y = np.array([lordosis_class_index(s.lla_deg) for s in train])
     yv = np.array([lordosis_class_index(s.lla_deg) for s in val])
     counts = np.bincount(y, minlength=len(LORDOSIS_CLASSES))
     # balanced class weights: the rule's normal band is narrower than the other two
     class_weights = (len(y) / (len(counts) * np.maximum(counts, 1))) if class_weighting else np.ones(len(counts))
     name = baseline or "deteclordose"
-    _write_json(out_dir / "split.json", {**split, "seed": split_seed, "val_fraction": val_fraction,
+    _write_json(out_dir / "split.json", {**split, "val_fraction": val_fraction,
                                          "train_class_counts": dict(zip(LORDOSIS_CLASSES, counts.tolist())),
                                          "validation_class_counts": dict(zip(LORDOSIS_CLASSES, np.bincount(
                                              yv, minlength=len(LORDOSIS_CLASSES)).tolist()))})
