@@ -82,6 +82,7 @@ FLAG_MEANINGS: dict[str, str] = {
     "bodies_separated_at_disc": "Joined bodies separated at a partly seen disc",
     "possible_transitional_vertebra": "Possible transitional vertebra",
     "more_vertebrae_than_labelled": "More vertebrae than levels labelled",
+    "possible_fused_bodies": "Body as tall as two; levels from it up may be one off",
     "l1_cut_by_field_of_view": "L1 cut by the edge of the image",
     "s1_cut_by_field_of_view": "S1 cut by the edge of the image",
     "l1_endplate_at_field_of_view_edge": "L1 endplate within 5 mm of the image edge",

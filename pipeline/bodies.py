@@ -28,6 +28,7 @@ MIN_FUSED_HEIGHT = 1.4  # a body cut at a disc inside it is at least this many t
 MIN_FUSED_HEIGHT_AT_TOP = 1.15  # the same for a body cut by the top of the image
 MIN_PART_HEIGHT = 0.5  # and each part, unless cut by the top of the image, at least this many
 MIN_DISC_SHARE_OF_WIDTH = 0.4  # the disc it is cut at spans at least this share of its width
+MIN_DOUBLE_HEIGHT = 1.8  # a body this many times its neighbours' height along the column is two
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,41 @@ def _cut_along(body: Component, disc: Component, spacing: tuple[float, float], t
     if upper_part.height_mm < MIN_PART_HEIGHT * typical_mm and not upper_part.cut_by_top:
         return None
     return upper_part, lower_part
+
+
+def as_tall_as_two(stack: list[Component], spacing: tuple[float, float]) -> list[int]:
+    """Indices of the bodies in a stack (neighbours in order along the column) that are at least
+    MIN_DOUBLE_HEIGHT times the median height of the others, heights measured along the column.
+
+    A disc the network drew as bone (a degenerated, dark disc) joins two bodies into one that
+    still sits between discs, so it takes one level and every level above it is off by one; L5
+    joined to the top of the sacrum does the same to S1. Along the column, not along the rows:
+    a tilted body's bounding box is far taller than the body (the lowest lumbar bodies and
+    lateral slices of a curved spine reach 1.5 typical heights that way). Bodies cut by the top
+    of the image are neither judged nor used as the measure.
+    """
+    heights = [_height_along_column_mm(stack, k, spacing) for k in range(len(stack))]
+    whole = [k for k, body in enumerate(stack) if not body.cut_by_top]
+    tall = []
+    for k in whole:
+        others = [heights[j] for j in whole if j != k]
+        if len(others) >= 2 and heights[k] >= MIN_DOUBLE_HEIGHT * float(np.median(others)):
+            tall.append(k)
+    return tall
+
+
+def _height_along_column_mm(stack: list[Component], k: int, spacing: tuple[float, float]) -> float:
+    """Extent of body k along the line through its neighbours' centroids (one neighbour: the line
+    to it), ignoring the outermost 1 % of pixels at each end (a spur of a pixel or two)."""
+    ends = [stack[max(k - 1, 0)].centroid_px, stack[min(k + 1, len(stack) - 1)].centroid_px]
+    (x0, y0), (x1, y1) = to_mm(np.array([ends[0][0], ends[1][0]]), np.array([ends[0][1], ends[1][1]]), spacing)
+    axis = np.array([x1 - x0, y1 - y0])
+    if not axis.any():
+        return stack[k].height_mm
+    rows, cols = np.nonzero(stack[k].mask)
+    along = to_mm(rows, cols, spacing) @ (axis / np.linalg.norm(axis))
+    low, high = np.percentile(along, [1, 99])
+    return float(high - low)
 
 
 def _row_span(component: Component) -> tuple[int, int]:

@@ -15,9 +15,10 @@ superior -> inferior, columns anterior -> posterior) and its pixel spacing.
    disc, and a flag says where. The body directly below the lowest disc is S1 (the sacrum:
    every vertebra component below that disc belongs to it); the body directly above it is L5,
    and the count continues upward: L4..L1, T12, T11.
-3. Nothing is silently relabelled: a missing S1 or L1, a missing disc between two bodies, or
-   an S1 that looks like a lumbar body (a transitional vertebra, sacralised L5 or lumbarised
-   S1) is a flag for the radiologist.
+3. Nothing is silently relabelled: a missing S1 or L1, a missing disc between two bodies, an
+   S1 that looks like a lumbar body (a transitional vertebra, sacralised L5 or lumbarised
+   S1), or a body as tall as two (a disc drawn as bone: the levels from it upward may be one
+   off) is a flag for the radiologist.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import cv2
 import numpy as np
 
 from pipeline.bodies import (
-    MIN_BODY_AREA_MM2, Component, anterior_to_canal, beside_larger_bodies, component_of, components, cut_at_inner_discs,
-    off_the_column, without_fragments,
+    MIN_BODY_AREA_MM2, Component, anterior_to_canal, as_tall_as_two, beside_larger_bodies, component_of, components,
+    cut_at_inner_discs, off_the_column, without_fragments,
 )
 from pipeline.labels import (
     CANAL, CANAL_VALUE, DISC, DISC_VALUE, LEVEL_VALUES, LEVELS_ABOVE_S1, UNIDENTIFIED_VERTEBRA, VERTEBRA,
@@ -105,6 +106,9 @@ def identify(class_map: np.ndarray, spacing: tuple[float, float]) -> Identificat
         result.flags.append("l1_not_found")
     result.flags += _gap_flags(result, chain, sacrum)
     result.flags += _transitional_flags(result, chain, sacrum, lowest_disc)
+    # A thoracic body joined to the one above it shifts no lumbar level: only L1..L5 are judged.
+    tall = [LEVELS_ABOVE_S1[k] for k in as_tall_as_two(chain[:len(LEVELS_ABOVE_S1)], spacing)]
+    result.flags += [f"possible_fused_bodies:{level}" for level in tall if level.startswith("L")]
     result.flags += [f"bodies_separated_at_disc:{_level_of(upper, result)}-{_level_of(lower, result)}"
                      for upper, lower in cuts]
     # Superior to inferior, as a radiologist reads.

@@ -222,6 +222,18 @@ def test_level_codes_are_the_snomed_codes_of_the_issue():
     assert {v for v, *_ in STRUCTURES.values()} >= {"L1", "L5", "Intervertebral discs", "Spinal canal"}
 
 
+def test_every_flag_the_pipeline_raises_has_a_meaning_for_the_report():
+    # A flag without an entry is still coded, but a radiologist would read its bare name.
+    raised = set()
+    for source in (Path(__file__).parents[1] / "pipeline").glob("*.py"):
+        for line in source.read_text().splitlines():
+            if "flags" in line:
+                raised |= set(re.findall(r'f?"([a-z][a-z0-9_]+)(?=[:"])', line))
+    assert {"possible_fused_bodies", "s1_not_found", "measured_off_midline"} <= raised
+    assert raised <= set(codes.FLAG_MEANINGS)
+    assert codes.flag_code("possible_fused_bodies:L5").meaning.endswith("may be one off: L5")
+
+
 def test_a_label_without_a_segment_definition_is_refused():
     labels = asymmetric_labels()
     labels[0, 0, 0] = 77

@@ -13,12 +13,13 @@ SPACING = (1.0, 1.0)
 
 
 def spine(bodies: int, *, sacrum: bool = True, sacrum_height: int = 90, skip_disc: int | None = None,
-          partial_disc: int | None = None, canal: bool = True, posterior: bool = True, rows: int = 520
-          ) -> np.ndarray:
+          partial_disc: int | None = None, bone_disc: int | None = None, canal: bool = True, posterior: bool = True,
+          rows: int = 520) -> np.ndarray:
     """Bodies 26 px high with 8 px discs, stacked upward from a sacrum at the bottom;
     canal behind them, posterior elements behind the canal. Disc k sits above body k - 1
     (counted upward; disc 0 = the lowest, above the sacrum or at the bottom of the view).
-    A partial disc is drawn in its middle only, bone joining the bodies around its ends."""
+    A partial disc is drawn in its middle only, bone joining the bodies around its ends;
+    a bone disc is drawn all bone (a degenerated disc the network took for bone)."""
     m = np.zeros((rows, 220), np.uint8)
     bottom = rows - 1
     if sacrum:
@@ -27,7 +28,9 @@ def spine(bodies: int, *, sacrum: bool = True, sacrum_height: int = 90, skip_dis
         bottom = top - 1
     for k in range(bodies + (1 if sacrum else 0)):
         disc_top = bottom - 7
-        if k == partial_disc:
+        if k == bone_disc:
+            m[disc_top:bottom + 1, 40:110] = VERTEBRA
+        elif k == partial_disc:
             m[disc_top:bottom + 1, 40:111] = VERTEBRA
             m[disc_top:bottom + 1, 55:96] = DISC
         elif k != skip_disc:
@@ -121,6 +124,30 @@ def test_bone_drawn_inside_a_degenerated_disc_takes_no_level():
     found = identify(classes, SPACING)
     assert list(found.bodies) == ["T12", "L1", "L2", "L3", "L4", "L5", "S1"]
     assert any(abs(piece.row - (bottom + 4.5)) < 2 for piece in found.unidentified)
+
+
+@pytest.mark.parametrize("disc, level", [(1, "L5"), (3, "L3")])
+def test_two_bodies_joined_by_a_disc_drawn_as_bone_are_flagged_not_silently_counted_as_one(disc, level):
+    found = identify(spine(6, bone_disc=disc), SPACING)
+    # one level short, and nothing else says so: the flag is the only warning that every level
+    # from the joined body upward may be one off
+    assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    assert found.flags == [f"possible_fused_bodies:{level}"]
+    assert identify(spine(6), SPACING).flags == []
+
+
+def test_thoracic_bodies_joined_above_l1_shift_no_lumbar_level_and_are_not_flagged():
+    found = identify(spine(7, bone_disc=6), SPACING)  # T11 joined to T12
+    assert list(found.bodies) == ["T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    assert found.flags == []
+
+
+def test_a_body_cut_by_the_image_top_is_not_taken_for_two():
+    classes = spine(6, bone_disc=5)[235:]  # L1 joined to what the view shows of T12 above it
+    found = identify(classes, SPACING)
+    top = found.bodies["L1"]
+    assert top.cut_by_top and top.height_mm > 1.8 * found.bodies["L3"].height_mm  # tall, but partly out of view
+    assert not any(flag.startswith("possible_fused_bodies") for flag in found.flags)
 
 
 def test_l1_joined_to_a_t12_cut_by_the_image_top_gets_its_own_endplate():

@@ -205,7 +205,8 @@ def print_segmentation_summary(metrics: dict) -> None:
     print(f"  pixel accuracy {metrics['pixel_accuracy']:.4f} (beside the above, background-dominated)", flush=True)
     ident = metrics["identification"]
     if ident["slices"]:
-        print(f"  L1..L5 identified on {ident['correct']}/{ident['slices']} slices ({ident['accuracy']:.1%})")
+        print(f"  L1..L5 identified on {ident['correct']}/{ident['slices']} slices ({ident['accuracy']:.1%}); "
+              f"{ident['silent']} of the {len(ident['wrong'])} wrong ones carried no flag")
     for key, name in (("l1_l5_angle_real", "L1-L5 angle, real"), ("lla_synthetic", "LLA, synthetic series")):
         m = metrics.get(key)
         if m and m.get("n"):

@@ -77,7 +77,8 @@ def _level_under(mask: np.ndarray, level_labels: np.ndarray) -> int | None:
 
 
 def identification(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray]) -> dict:
-    """Share of slices showing L1..L5 on which all five are identified correctly, per source."""
+    """Share of slices showing L1..L5 on which all five are identified correctly, per source, and
+    how many wrong slices carried no flag at all (`silent`: an error a radiologist is not warned of)."""
     per_source: dict[str, list[bool]] = {}
     wrong: list[dict] = []
     for s, pred in zip(samples, predictions):
@@ -100,6 +101,7 @@ def identification(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarra
         "correct": int(sum(total)),
         "accuracy": float(np.mean(total)) if total else None,
         "per_source": {src: {"slices": len(oks), "accuracy": float(np.mean(oks))} for src, oks in per_source.items()},
+        "silent": sum(not w["flags"] for w in wrong),
         "wrong": wrong,
     }
 

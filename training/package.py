@@ -126,7 +126,9 @@ def _segmentation_section(run: Path, info: dict) -> list[str]:
     if ident.get("slices"):
         lines += ["", f"- L1..L5 identified correctly on {ident['correct']} / {ident['slices']} validation slices "
                   f"that show them ({ident['accuracy']:.1%}); per source: "
-                  + ", ".join(f"{s} {v['accuracy']:.1%} of {v['slices']}" for s, v in ident["per_source"].items())]
+                  + ", ".join(f"{s} {v['accuracy']:.1%} of {v['slices']}" for s, v in ident["per_source"].items())
+                  + (f"; {ident['silent']} of the {len(ident['wrong'])} wrong slices carried no quality flag"
+                     if "silent" in ident else "")]
     real = metrics.get("l1_l5_angle_real", {})
     if real.get("n"):
         lines.append(f"- L1-L5 angle on real validation volumes, predicted vs reference masks: median |error| "
