@@ -162,6 +162,23 @@ def test_augmentation_moves_image_and_mask_together():
     assert np.unravel_index(np.argmax(warp(dot, 90.0)), dot.shape) == (12, 32)
 
 
+def test_intensity_augmentation_changes_contrast_not_geometry_and_leaves_the_paper_draws_alone():
+    rng = np.random.default_rng(3)
+    mask = cv2.resize(rng.integers(0, 4, (8, 8)).astype(np.uint8), (64, 64), interpolation=cv2.INTER_NEAREST)
+    image = (mask.astype(np.float32) + 1.0) / 4.0  # four grey levels, one per class
+    for k in range(20):
+        plain, plain_mask = augment_segmentation(image, mask, np.random.default_rng(k))
+        varied, varied_mask = augment_segmentation(image, mask, np.random.default_rng(k), intensity=True)
+        assert np.array_equal(plain_mask, varied_mask)  # same geometric draw: the new draws come after
+        assert varied.min() == 0.0 and varied.max() == pytest.approx(1.0)  # the network's 0..1 contract
+        inside = (plain_mask == 3) & (cv2.erode(plain_mask, np.ones((3, 3), np.uint8)) == 3)  # away from edges
+        assert not np.allclose(varied[inside], plain[inside], atol=0.02)  # the contrast did change
+    ratios = [np.median(augment_segmentation(image, mask, np.random.default_rng(k), max_rotation_deg=0,
+                                             flip_horizontal=False, flip_vertical=False, intensity=True)[0][mask == 1])
+              for k in range(40)]
+    assert max(ratios) - min(ratios) > 0.1  # class 1's brightness relative to the others varies between draws
+
+
 def test_classification_augmentation_is_label_preserving_geometry():
     image = np.zeros((64, 64), np.float32)
     image[20:44, 28:36] = 255.0

@@ -5,6 +5,8 @@ The paper expanded 509 -> 2036 images, i.e. the original plus one copy per opera
 on-the-fly equivalent (`mode="paper"`) picks one of {none, rotation, h-flip, v-flip} per draw.
 `mode="combined"` applies a rotation and random flips together (stronger, slower to learn).
 Image and mask always get the identical transform; masks use nearest neighbour.
+Beyond the paper, `intensity=True` also varies the contrast (adjust_contrast): not the paper's
+recipe, so off by default.
 
 Classification (paper Table 2): rotations +5, +7, +10 degrees and a 10 % zoom; the LLA is
 invariant to both, so the class label is kept. One of {none, +5, +7, +10, zoom} per draw.
@@ -32,10 +34,12 @@ def warp(image: np.ndarray, angle_deg: float = 0.0, scale: float = 1.0, nearest:
 
 def augment_segmentation(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                          max_rotation_deg: float = 45.0, flip_horizontal: bool = True,
-                         flip_vertical: bool = True, mode: str = "paper", mask_fill: int = 0
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         flip_vertical: bool = True, mode: str = "paper", mask_fill: int = 0,
+                         intensity: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One random draw of the paper's segmentation augmentation, identical on image and mask.
-    `mask_fill` fills the corners a rotation brings in (the background value of the mask's code)."""
+    `mask_fill` fills the corners a rotation brings in (the background value of the mask's code).
+    `intensity` adds adjust_contrast on the image (its draws come after the paper's, so a run
+    without it draws exactly as before)."""
     ops = ["none"] + (["rotate"] if max_rotation_deg > 0 else []) + (["hflip"] if flip_horizontal else []) \
         + (["vflip"] if flip_vertical else [])
     if mode == "paper":
@@ -52,7 +56,26 @@ def augment_segmentation(image: np.ndarray, mask: np.ndarray, rng: np.random.Gen
         image, mask = image[:, ::-1], mask[:, ::-1]
     if "vflip" in chosen:
         image, mask = image[::-1], mask[::-1]
+    if intensity:
+        image = adjust_contrast(image, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def adjust_contrast(image: np.ndarray, rng: np.random.Generator, max_gamma: float = 1.6,
+                    max_shading: float = 0.15) -> np.ndarray:
+    """A random gamma (1/max_gamma..max_gamma, log-uniform) and a linear shading across the field
+    (up to +-max_shading at the edges) on a 0..1 image, min-max normalised again as the network's
+    input is. Why: how dark a degenerated disc is against marrow differs between contrasts and
+    scanners, and a network that learnt one ratio draws such a disc as bone on another (seen on
+    the chemical-shift MRI of MyoSegmenTUM: two bodies joined across a dark disc); coil shading
+    makes the same ratio vary across one image."""
+    gamma = float(np.exp(rng.uniform(-np.log(max_gamma), np.log(max_gamma))))
+    tilt_rows, tilt_cols = rng.uniform(-max_shading, max_shading, 2)
+    rows, cols = image.shape[:2]
+    shading = (1.0 + tilt_rows * np.linspace(-1, 1, rows)[:, None] + tilt_cols * np.linspace(-1, 1, cols)[None, :])
+    out = np.clip(image, 0.0, None) ** gamma * shading.astype(image.dtype)
+    low, high = float(out.min()), float(out.max())
+    return ((out - low) / (high - low) if high > low else np.zeros_like(out)).astype(image.dtype)
 
 
 def augment_classification(image: np.ndarray, rng: np.random.Generator,

@@ -337,7 +337,8 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
                        steps_per_epoch: int = 10, batch_size: int = 16, learning_rate: float = 1e-3,
                        dice_weight: float = 1.0, patience: int = 4, val_fraction: float = 0.2,
                        val_monitor_max: int | None = 48, max_rotation_deg: float = 45.0, flips: bool = True,
-                       augment_mode: str = "paper", augment: bool = True, seed: int = 0, split_seed: int | None = None,
+                       augment_mode: str = "paper", augment: bool = True, intensity_augment: bool = False,
+                       seed: int = 0, split_seed: int | None = None,
                        max_minutes: float | None = 21.0, init_weights: str | None = None,
                        class_weights: Sequence[float] | None = (1.0, 3.0, 5.0, 5.0), he_init: bool = True,
                        warmup_size: int | None = 128, warmup_epochs: int = 8, lr_plateau: float | None = 0.5,
@@ -367,7 +368,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
               "loss": f"partial-label cross-entropy + {dice_weight} x (1 - soft Dice over vertebra, disc, canal)",
               "patience": patience, "val_fraction": val_fraction, "val_monitor_max": val_monitor_max,
               "augmentation": {"enabled": augment, "mode": augment_mode, "max_rotation_deg": max_rotation_deg,
-                               "flips": flips},
+                               "flips": flips, "intensity": intensity_augment},
               "max_minutes": max_minutes, "init_weights": init_weights, "classes": list(SEGMENTATION_CLASSES),
               "class_weights": list(class_weights) if class_weights else None, "he_init": he_init and not init_weights,
               "lr_plateau_factor": lr_plateau,
@@ -381,7 +382,7 @@ def train_segmentation(out_dir: str | Path, *, samples: Sequence[ds.Sample] | No
     monitor = _evenly(sorted(val, key=lambda s: (s.patient_id, s.item)), val_monitor_max)
     xv, bv = segmentation_arrays(monitor, input_size)
     aug = {"max_rotation_deg": max_rotation_deg, "flip_horizontal": flips, "flip_vertical": flips,
-           "mode": augment_mode} if augment else None
+           "mode": augment_mode, "intensity": intensity_augment} if augment else None
     batches = _segmentation_batches(x, bits, batch_size, steps_per_epoch, seed, aug)
 
     def builder():
@@ -614,6 +615,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rotation", type=float, default=45.0)
     s.add_argument("--no-flips", action="store_true")
     s.add_argument("--augment-mode", choices=("paper", "combined"), default="paper")
+    s.add_argument("--intensity-augment", action="store_true",
+                   help="also vary gamma and shading (beyond the paper's augmentation)")
     s.add_argument("--init-weights", default=None, help="start from these weights (fine-tuning)")
     s.add_argument("--class-weights", type=float, nargs=4, default=(1.0, 3.0, 5.0, 5.0),
                    metavar=("BG", "VERT", "DISC", "CANAL"), help="cross-entropy class weights")
@@ -659,7 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cache_dir": args.cache_dir}
         train_segmentation(args.out, data=data, steps_per_epoch=args.steps_per_epoch, dice_weight=args.dice_weight,
                            val_monitor_max=args.val_monitor_max, max_rotation_deg=args.max_rotation,
-                           flips=not args.no_flips, augment_mode=args.augment_mode, init_weights=args.init_weights,
+                           flips=not args.no_flips, augment_mode=args.augment_mode,
+                           intensity_augment=args.intensity_augment, init_weights=args.init_weights,
                            class_weights=args.class_weights, he_init=not args.no_he_init,
                            warmup_size=args.warmup_size or None, warmup_epochs=args.warmup_epochs,
                            lr_plateau=args.lr_plateau or None, synthetic_series=args.synthetic_series,
