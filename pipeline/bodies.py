@@ -28,7 +28,7 @@ MIN_FUSED_HEIGHT = 1.4  # a body cut at a disc inside it is at least this many t
 MIN_FUSED_HEIGHT_AT_TOP = 1.15  # the same for a body cut by the top of the image
 MIN_PART_HEIGHT = 0.5  # and each part, unless cut by the top of the image, at least this many
 MIN_DISC_SHARE_OF_WIDTH = 0.4  # the disc it is cut at spans at least this share of its width
-MIN_DOUBLE_HEIGHT = 1.8  # a body this many times its neighbours' height along the column is two
+MIN_DOUBLE_HEIGHT = 1.8  # a body this many times the others' median height along the column is two
 
 
 @dataclass(frozen=True)
@@ -256,9 +256,8 @@ def as_tall_as_two(stack: list[Component], spacing: tuple[float, float]) -> list
 def _height_along_column_mm(stack: list[Component], k: int, spacing: tuple[float, float]) -> float:
     """Extent of body k along the line through its neighbours' centroids (one neighbour: the line
     to it), ignoring the outermost 1 % of pixels at each end (a spur of a pixel or two)."""
-    ends = [stack[max(k - 1, 0)].centroid_px, stack[min(k + 1, len(stack) - 1)].centroid_px]
-    (x0, y0), (x1, y1) = to_mm(np.array([ends[0][0], ends[1][0]]), np.array([ends[0][1], ends[1][1]]), spacing)
-    axis = np.array([x1 - x0, y1 - y0])
+    (r0, c0), (r1, c1) = stack[max(k - 1, 0)].centroid_px, stack[min(k + 1, len(stack) - 1)].centroid_px
+    axis = to_mm(np.array(r1 - r0), np.array(c1 - c0), spacing)
     if not axis.any():
         return stack[k].height_mm
     rows, cols = np.nonzero(stack[k].mask)
