@@ -55,7 +55,10 @@ def write_series(folder: Path, key: str, *, slices: int = 4, shape=(48, 64), **h
 def send_and_wait(settings: Settings, store: JobStore, files: list[Path]):
     assert send_files(files, settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
     series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
-    job = wait_until(lambda: store.latest_job(series_uid), 30, f"the job of series {series_uid}")
+    # A job is written as received and then queued (or written as skipped): wait for the triage's
+    # answer, not the first row, which a slow machine showed before the queue step had run.
+    job = wait_until(lambda: (j := store.latest_job(series_uid)) and j.status != "received" and j, 30,
+                     f"the triaged job of series {series_uid}")
     spooled = {p.stem for p in settings.spool_dir.rglob("*.dcm")}
     assert set(job.instance_uids) == {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
     assert set(job.instance_uids) <= spooled  # kept, whatever the method thinks of them
