@@ -110,25 +110,25 @@ def test_an_angle_measured_only_off_the_midline_is_flagged(phantoms):
     assert "measured_off_midline" in result.flags
 
 
-def with_disc_drawn_as_bone(phantom, upper: str, lower: str) -> np.ndarray:
-    """The phantom's classes with the disc between two levels drawn as vertebra on every slice."""
-    classes = classes_of(phantom.labels)
-    for labels, out in zip(phantom.labels, classes):
-        upper_row, lower_row = (np.nonzero(labels == LABELS[level])[0] for level in (upper, lower))
-        if not len(upper_row) or not len(lower_row):
-            continue
-        count, discs = cv2.connectedComponents((labels == LABELS["disc"]).astype(np.uint8))
-        for k in range(1, count):
-            if upper_row.mean() < np.nonzero(discs == k)[0].mean() < lower_row.mean():
-                out[discs == k] = VERTEBRA
-    return classes
+def disc_drawn_as_bone(labels: np.ndarray, classes: np.ndarray, upper: str, lower: str) -> np.ndarray:
+    """A copy of one slice's classes with the disc between two levels (phantom labels) drawn as vertebra."""
+    out = classes.copy()
+    upper_row, lower_row = (np.nonzero(labels == LABELS[level])[0] for level in (upper, lower))
+    if not len(upper_row) or not len(lower_row):
+        return out
+    count, discs = cv2.connectedComponents((labels == LABELS["disc"]).astype(np.uint8))
+    for k in range(1, count):
+        if upper_row.mean() < np.nonzero(discs == k)[0].mean() < lower_row.mean():
+            out[discs == k] = VERTEBRA
+    return out
 
 
 def test_a_disc_drawn_as_bone_is_flagged_and_tilted_bodies_are_not(phantoms):
     for phantom in phantoms:  # LLA 22 to 68 deg: at 68, L5's bounding box is 1.5 times as tall as L2's
         spacing = (phantom.params.row_spacing_mm, phantom.params.col_spacing_mm)
         assert not any(f.startswith("possible_fused_bodies") for f in analyze(classes_of(phantom.labels), spacing).flags)
-        joined = analyze(with_disc_drawn_as_bone(phantom, "L4", "L5"), spacing)
+        joined = analyze(np.stack([disc_drawn_as_bone(labels, classes, "L4", "L5") for labels, classes
+                                   in zip(phantom.labels, classes_of(phantom.labels))]), spacing)
         # the joined pair takes one level, so "L1" is T12: the flag is what says so
         assert "possible_fused_bodies:L5" in joined.flags
 

@@ -13,6 +13,7 @@ import pytest
 from pipeline.labels import LEVEL_VALUES
 from training import datasets as ds
 from training import measurement
+from tests.test_analysis import disc_drawn_as_bone
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +63,11 @@ def test_identification_is_right_on_the_reference_and_wrong_without_the_sacrum(p
     assert wrong["wrong"] and all(e["errors"] for e in wrong["wrong"])
     assert right["silent"] == 0 and wrong["silent"] == 0  # a missing sacrum is flagged: s1_not_found
 
-    joined = []  # the L4-L5 disc drawn as bone: wrong, and said so only by possible_fused_bodies
-    for s in phantom_slices:
-        pred, levels = s.mask.copy(), s.extra["level_labels"]
-        pred[(pred == ds.DISC) & _between(levels, LEVEL_VALUES["L4"], LEVEL_VALUES["L5"])] = ds.VERTEBRA
-        joined.append(pred)
+    # the L4-L5 disc drawn as bone: wrong, and said so only by possible_fused_bodies
+    joined = [disc_drawn_as_bone(s.extra["level_labels"], s.mask, "L4", "L5") for s in phantom_slices]
     fused = measurement.identification(phantom_slices, joined)
     assert fused["correct"] == 0 and fused["silent"] == 0
     assert all(any(f.startswith("possible_fused_bodies") for f in e["flags"]) for e in fused["wrong"])
-
-
-def _between(levels: np.ndarray, upper: int, lower: int) -> np.ndarray:
-    """Pixels in the rows between the centroids of two labelled levels."""
-    rows = np.arange(levels.shape[0])[:, None]
-    return (rows > np.nonzero(levels == upper)[0].mean()) & (rows < np.nonzero(levels == lower)[0].mean())
 
 
 def _as_real(s: ds.Sample) -> ds.Sample:
