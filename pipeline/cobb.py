@@ -55,7 +55,9 @@ def cobb_angle_deg(upper: Endplate, lower: Endplate) -> float:
 
 
 def boundary_points(mask: np.ndarray, upsample: int = 4) -> np.ndarray:
-    """(row, col) points along the outline of a binary mask, at sub-pixel spacing.
+    """(row, col) points along the outline of a mask, at sub-pixel spacing: a boolean mask, or a
+    soft one (values 0..1, e.g. the network's probability around a body) whose 0.5 level is the
+    outline.
 
     The pixel staircase of an oblique edge biases a line fit by up to a degree; the mask is
     smoothed slightly and resampled `upsample` times finer first, so the outline follows
@@ -119,7 +121,8 @@ def fit_superior_endplate(
     tolerance_deg: float = 25.0,
     band_mm: float | None = None,
 ) -> Endplate | None:
-    """The superior endplate of one vertebra, fitted from its mask.
+    """The superior endplate of one vertebra, fitted from its mask (boolean or soft, as in
+    boundary_points).
 
     The endplate is the longest straight stretch of the outline that faces superiorly:
     for each candidate tilt of the outward normal (within +/- max_tilt_deg of superior) the

@@ -107,15 +107,17 @@ def test_synthetic_lla_through_the_series_analysis(tmp_path):
     samples = ds.load_phantoms(3, seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
     truth = {hashlib.sha1(s.image.tobytes()).hexdigest(): s.mask for s in samples}
 
-    def perfect(images):
-        return [truth[hashlib.sha1(i.tobytes()).hexdigest()] for i in images]
+    def perfect(images):  # one-hot class probabilities of the reference masks
+        return [np.eye(4, dtype=np.float32)[truth[hashlib.sha1(i.tobytes()).hexdigest()]] for i in images]
 
     result = measurement.synthetic_lla(perfect, count=3, seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
     assert result["series"] == 3 and result["measured"] == 3
     assert result["median_abs_error_deg"] <= 1.0
     assert result["measurement_alone_on_reference_masks"]["median_abs_error_deg"] <= 1.0
 
-    blind = measurement.synthetic_lla(lambda images: [np.zeros(i.shape, np.uint8) for i in images], count=3,
-                                      seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
+    def blind(images):  # all background
+        return [np.eye(4, dtype=np.float32)[np.zeros(i.shape, int)] for i in images]
+
+    blind = measurement.synthetic_lla(blind, count=3, seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
     assert blind["measured"] == 0 and len(blind["not_measured"]) == 3
     assert all("l1_not_found" in c["flags"] for c in blind["not_measured"])

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.analysis import vertebra_share
 from pipeline.networks import LORDOSIS_CLASSES, SEGMENTATION_CLASSES
 from pipeline.preprocess import CLASSIFIER_INPUT, SEGMENTATION_INPUT, from_network, to_network
 from training import datasets as ds
@@ -106,17 +107,23 @@ def _load_model(model_weights, builder):
     return model
 
 
-def predict_segmentation(model, images: Sequence[np.ndarray], input_size: int = SEGMENTATION_INPUT,
-                         batch_size: int = 8) -> list[np.ndarray]:
-    """Label maps (argmax) on each slice's own grid, through the shared preprocessing contract."""
-    out = []
+def predict_probabilities(model, images: Sequence[np.ndarray], input_size: int = SEGMENTATION_INPUT,
+                          batch_size: int = 8) -> Iterator[np.ndarray]:
+    """Class probabilities (rows, cols, classes) on each slice's own grid, through the shared
+    preprocessing contract; one slice at a time, so that a caller keeps only what it needs."""
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         x = np.concatenate([to_network(image, input_size) for image in chunk])
         prob = model.predict(x, verbose=0)
         for image, p in zip(chunk, prob):
-            out.append(np.argmax(from_network(p[None], image.shape)[0], axis=-1).astype(np.uint8))
-    return out
+            yield from_network(p[None], image.shape)[0]
+
+
+def predict_segmentation(model, images: Sequence[np.ndarray], input_size: int = SEGMENTATION_INPUT,
+                         batch_size: int = 8) -> list[np.ndarray]:
+    """Label maps (argmax) on each slice's own grid."""
+    probabilities = predict_probabilities(model, images, input_size, batch_size)
+    return [np.argmax(p, axis=-1).astype(np.uint8) for p in probabilities]
 
 
 def load_unet(model_weights, input_size: int = SEGMENTATION_INPUT):
@@ -136,7 +143,12 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
 
     model = load_unet(model_weights, input_size)
     samples = [s for s in samples if s.mask is not None]
-    predictions = predict_segmentation(model, [s.image for s in samples], input_size, batch_size)
+    predictions, vertebra_shares = [], []
+    for s, p in zip(samples, predict_probabilities(model, [s.image for s in samples], input_size, batch_size)):
+        predictions.append(np.argmax(p, axis=-1).astype(np.uint8))
+        # kept for the angle on the per-level volumes only (float16: one map per slice, not four)
+        per_level = s.extra.get("level_labels") is not None
+        vertebra_shares.append(vertebra_share(p).astype(np.float16) if per_level else None)
     n = len(SEGMENTATION_CLASSES)
     per_patient: dict[str, np.ndarray] = {}
     pooled = {}
@@ -191,11 +203,11 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
         "confusion_matrix": cm.tolist(), "confusion_labels": list(SEGMENTATION_CLASSES),
     }
     metrics["identification"] = measurement.identification(samples, predictions)
-    metrics["l1_l5_angle_real"] = measurement.l1_l5_angle(samples, predictions)
+    metrics["l1_l5_angle_real"] = measurement.l1_l5_angle(samples, predictions, vertebra_shares)
     if synthetic_series:
         print(f"measuring the LLA on {synthetic_series} fresh synthetic series ...", flush=True)
         metrics["lla_synthetic"] = measurement.synthetic_lla(
-            lambda images: predict_segmentation(model, images, input_size, batch_size), synthetic_series)
+            lambda images: list(predict_probabilities(model, images, input_size, batch_size)), synthetic_series)
     return (metrics, predictions) if return_predictions else metrics
 
 

@@ -29,7 +29,7 @@ from pipeline.labels import LEVEL_VALUES
 from training import datasets as ds
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
-Segment = Callable[[Sequence[np.ndarray]], list[np.ndarray]]  # slices -> class maps on their grids
+Segment = Callable[[Sequence[np.ndarray]], list[np.ndarray]]  # slices -> class probabilities on their grids
 
 
 def agreement(reference: Sequence[float], measured: Sequence[float], groups: Sequence[str] | None = None) -> dict:
@@ -134,18 +134,22 @@ def reference_endplate(level_labels: np.ndarray, level: str, spacing: tuple[floa
     return fit_superior_endplate(mask, spacing, expected_tilt_deg=square_to_column_deg(above, centre, below, spacing))
 
 
-def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray]) -> dict:
+def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray],
+                vertebra_shares: Sequence[np.ndarray | None] | None = None) -> dict:
     """L1-L5 angle from predicted (identified) bodies vs from the reference level masks, on real
-    slices with per-level labels and a known spacing."""
+    slices with per-level labels and a known spacing. With each slice's vertebra_share
+    (pipeline.analysis), the predicted endplates are fitted from it, as the worker fits them."""
     cases, unmeasured = [], []
-    for s, pred in zip(samples, predictions):
+    if vertebra_shares is None:
+        vertebra_shares = [None] * len(samples)
+    for s, pred, vertebra in zip(samples, predictions, vertebra_shares):
         ref = s.extra.get("level_labels")
         if s.source == ds.PHANTOM or s.spacing_mm is None or not _shows_lumbar_levels(ref):
             continue
         references = {lv: reference_endplate(ref, lv, s.spacing_mm) for lv in LUMBAR}
         reference = _l1_l5_deg(references)
         found = identify(pred, s.spacing_mm)
-        endplates = superior_endplates(found, s.spacing_mm)  # as the worker measures
+        endplates = superior_endplates(found, s.spacing_mm, vertebra)  # as the worker measures
         measured = _l1_l5_deg(endplates)
         if reference is None:
             continue
@@ -193,7 +197,8 @@ def synthetic_lla(segment: Segment, count: int = 120, seed: int = 7, slices: int
     for k, (pid, group) in enumerate(series.items()):
         truth = next(s.lla_deg for s in group if s.lla_deg is not None)
         spacing = group[0].spacing_mm
-        predicted = analyze(np.stack(segment([s.image for s in group])), spacing)
+        probabilities = np.stack(segment([s.image for s in group]))
+        predicted = analyze(probabilities.argmax(axis=-1).astype(np.uint8), spacing, probabilities)
         on_reference = analyze(np.stack([s.mask for s in group]), spacing)
         case = {"series": pid, "reference_deg": truth, "measured_deg": predicted.lla_deg,
                 "on_reference_masks_deg": on_reference.lla_deg, "slice_index": predicted.slice_index,
