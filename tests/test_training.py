@@ -415,5 +415,10 @@ def test_package_ships_both_runs_with_descriptions_and_a_model_card(tiny_segment
         assert info.sha256 == sha256_of(weights)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "Not for clinical use without local validation" in card
+    # what `lumbarnode evaluate` needs to re-measure the shipped weights on the same patients
+    kept = tmp_path / "unet_4class.run"
+    config = json.loads((kept / "config.json").read_text())
+    assert (kept / config["result"]["weights_f16"]).resolve() == (tmp_path / "unet_4class.weights.h5").resolve()
+    assert (kept / "split.json").read_bytes() == (tiny_segmentation_run.out_dir / "split.json").read_bytes()
     assert ModelInfo.read(tmp_path / "unet_4class.weights.h5").sha256 in card
     assert "synthetic only" in card and "2026-11-25" in card

@@ -8,6 +8,10 @@ Writes into --out:
   deteclordose.weights.h5, deteclordose.json    (pipeline.inference.ModelInfo reads the .json)
   MODEL_CARD.md                                 data, licences, split, seed, epochs, metrics, sha256
   eval/*.png                                    the runs' evaluation plots the card refers to
+  unet_4class.run/config.json, split.json       the shipped U-Net's recipe and validation patients, so
+                                                that `lumbarnode evaluate models/unet_4class.run`
+                                                re-measures the shipped weights after a change to the
+                                                measurement, on the same patients
 Everything in the card is read from the runs' config.json, split.json, history.json and
 eval/metrics.json: nothing is typed in by hand, so `make train` re-creates the same card.
 --other-seeds: U-Net runs of the same recipe with another --seed on the same validation patients
@@ -70,6 +74,16 @@ def _copy_model(run: Path, name: str, out: Path, version: str, architecture: str
                    "training_command": "lumbarnode train " + " ".join(config["arguments"].get("argv", []))}
     (out / f"{name}.json").write_text(json.dumps(description, indent=2) + "\n")
     return description
+
+
+def keep_run_description(run: Path, dest: Path, weights: str) -> None:
+    """The run's config.json (pointing at the shipped weights) and split.json: what
+    `lumbarnode evaluate` needs to rebuild the validation samples; the run itself is not kept."""
+    dest.mkdir(parents=True, exist_ok=True)
+    config = _read(run, "config.json")
+    config["result"] = {**config.get("result", {}), "weights_f16": weights}
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(run / "split.json", dest / "split.json")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -282,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             if (run / "eval" / name).is_file():
                 shutil.copyfile(run / "eval" / name, out / "eval" / name)
+    keep_run_description(seg_run, out / f"{SEGMENTATION_NAME}.run", f"../{SEGMENTATION_NAME}.weights.h5")
     card = write_card(out, seg_run, seg, cls_run, cls, other_seeds)
     for info in (seg, cls):
         print(f"{out / (info['name'] + '.weights.h5')}  sha256 {info['sha256']}")
