@@ -32,6 +32,16 @@ def test_shipped_weights_are_described_and_hashed_in_the_model_card(name):
     assert description["training_command"].startswith("lumbarnode train ")
 
 
+def test_the_shipped_unet_can_be_re_evaluated_on_its_validation_patients():
+    """models/unet_4class.run holds what `lumbarnode evaluate` needs: the data recipe, the split,
+    and the way to the shipped weights (not to a training folder that is gone)."""
+    run = MODELS / "unet_4class.run"
+    config, split = (json.loads((run / name).read_text()) for name in ("config.json", "split.json"))
+    assert (run / config["result"]["weights_f16"]).resolve() == (MODELS / "unet_4class.weights.h5").resolve()
+    assert config["task"] == "segmentation" and config["data"]["kwargs"] is not None
+    assert split["validation"] and not set(split["validation"]) & set(split["train"])
+
+
 def test_shipped_weights_are_small():
     assert sum(p.stat().st_size for p in MODELS.glob("*.weights.h5")) < 20 * 2**20
 
