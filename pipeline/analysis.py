@@ -114,7 +114,8 @@ def vertebra_share(probabilities: np.ndarray) -> np.ndarray:
     placed between pixels; unlike P(vertebra) alone, an unsure body (0.4 bone, 0.3 disc) keeps it."""
     probabilities = np.asarray(probabilities, np.float32)
     bone = probabilities[..., VERTEBRA]
-    rival = np.delete(probabilities, VERTEBRA, axis=-1).max(axis=-1)
+    # class by class: a max over the short last axis of a copy took 5x as long on a 512 px series
+    rival = np.maximum.reduce([probabilities[..., c] for c in range(probabilities.shape[-1]) if c != VERTEBRA])
     return bone / np.maximum(bone + rival, 1e-6)
 
 
