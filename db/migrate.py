@@ -34,7 +34,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from db.engine import make_engine
+from db.engine import make_engine, sqlite_file
+from db.urls import redact
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
 
@@ -85,6 +86,47 @@ def current_revision(url: str, *, engine_options: Mapping[str, Any] | None = Non
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+class DatabaseNotReady(Exception):
+    """The job database is missing, unreachable or not lumbarnode's; the message says which."""
+
+
+def ready(url: str, *, create: bool = False, engine_options: Mapping[str, Any] | None = None) -> None:
+    """Make sure `url` is lumbarnode's job database at the newest revision, or say why not.
+
+    An older revision is migrated (the first use after an update). A database that is missing
+    or empty is created only with `create` (the node); operator commands (`jobs`, `admin`) do
+    not leave an empty database behind in a wrong place. A database with other tables and no
+    lumbarnode revision, or a revision that is not ours, is left alone.
+    """
+    where = redact(url)
+    path = sqlite_file(url)
+    if path is not None and not path.exists() and not create:
+        raise DatabaseNotReady(f"no job database at {path}: the node has not run with these settings "
+                               "(set LUMBARNODE_DATA_DIR or LUMBARNODE_DATABASE_URL to the node's)")
+    engine = make_engine(url, engine_options)
+    try:
+        with engine.connect() as conn:
+            revision = MigrationContext.configure(conn).get_current_revision()
+            tables = sorted(sa.inspect(conn).get_table_names())
+    except sa.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+        raise DatabaseNotReady(f"cannot open the job database {where}: {reason}") from None
+    finally:
+        engine.dispose()
+    if revision is None and tables:
+        raise DatabaseNotReady(f"{where} is not lumbarnode's job database: it has tables "
+                               f"({', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}) but no lumbarnode "
+                               "revision; point LUMBARNODE_DATABASE_URL at the node's database or an empty one")
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
+    if revision is not None and revision not in known:
+        raise DatabaseNotReady(f"{where} is at revision {revision!r}, which is not one of this lumbarnode's "
+                               "migrations (a newer lumbarnode's database, or another application's)")
+    if revision is None and not create:
+        raise DatabaseNotReady(f"{where} is empty: start the node, or run `lumbarnode db upgrade`")
+    if revision != head_revision():
+        upgrade(url, engine_options=engine_options)
 
 
 def revision(url: str, message: str, *, autogenerate: bool = False) -> None:

@@ -551,9 +551,13 @@ class JobStore:
                 raise KeyError(f"no series with id {series_id}")
             session.add(Event(at=utcnow(), job_id=job_id, series_id=series_id, kind=kind, message=message))
 
-    def events(self, job_id: int) -> list[EventView]:
-        """The job's events, oldest first."""
-        stmt = sa.select(Event).where(Event.job_id == job_id).order_by(Event.at, Event.id)
+    def events(self, job_id: int | None = None, *, kind: str | None = None) -> list[EventView]:
+        """The job's events (or, with job_id None, the node's own: worker_ready, association_rejected,
+        ...), oldest first; `kind` keeps one kind."""
+        stmt = sa.select(Event).where(Event.job_id == job_id if job_id is not None else Event.job_id.is_(None))
+        if kind is not None:
+            stmt = stmt.where(Event.kind == kind)
+        stmt = stmt.order_by(Event.at, Event.id)
         with self._session.begin() as session:
             return [_event_view(row) for row in session.scalars(stmt)]
 

@@ -95,18 +95,22 @@ FLAG_MEANINGS: dict[str, str] = {
     "cnn_disagrees_with_measurement": "CNN class differs from the measured class",
     "pixel_spacing_assumed_1mm": "Pixel spacing assumed 1 mm",
     "irregular_slice_spacing": "Irregular slice spacing",
+    "incomplete_series": "Series received incomplete; measured on the slices received",
 }
 _MAX_MEANING = 64  # CodeMeaning is LO
 
 
-def flag_code(flag: str) -> Code:
-    """The coded value of one quality flag (private scheme; the code value is the flag itself)."""
+def flag_meaning(flag: str) -> str:
+    """One sentence for a quality flag, the same in the SR, the admin page and the demo."""
     name, _, detail = flag.partition(":")
     meaning = FLAG_MEANINGS.get(name, name.replace("_", " ").capitalize())
-    if detail:
-        meaning = f"{meaning}: {detail.replace('_', ' ')}"
+    return f"{meaning}: {detail.replace('_', ' ')}" if detail else meaning
+
+
+def flag_code(flag: str) -> Code:
+    """The coded value of one quality flag (private scheme; the code value is the flag itself)."""
     value = re.sub(r"[^A-Za-z0-9_:.\-]", "_", flag)
-    return private(value, meaning[:_MAX_MEANING])
+    return private(value, flag_meaning(flag)[:_MAX_MEANING])
 
 
 def coding_scheme_identification() -> Dataset:

@@ -7,7 +7,11 @@ disk. The encoded dataset is written as received; only the few elements needed f
 are read from it (pydicom parses lazily, nothing else is decoded).
 
 - Calling AE titles not in the allow-list are rejected at association time (pynetdicom's
-  `require_calling_aet`), and so is a wrong called AE title.
+  `require_calling_aet`), and so is a wrong called AE title. An empty allow-list rejects
+  every caller (and the C-STORE handler checks the caller again).
+- Each association's end says whether it was released or ended otherwise (aborted by
+  either side, the connection dropped): instances from an association that did not release
+  may be a series cut short.
 - SOP classes we store: MR and Enhanced MR images and what a PACS sends with them in a spine
   study (CT, presentation states, SR, key objects, secondary captures, spectroscopy, raw
   data): the series the method cannot use become `skipped` jobs with their reason, and the
@@ -68,10 +72,14 @@ COMPANION_CLASSES = {
 STORED_CLASSES = MR_IMAGE_CLASSES | COMPANION_CLASSES
 
 SUCCESS = 0x0000
+NOT_AUTHORIZED = 0x0124
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# pynetdicom reads an empty `require_calling_aet` as "anyone": with nobody allowed, this
+# placeholder keeps the door shut (a caller using it still gets NOT_AUTHORIZED for every instance).
+_NOBODY = "NO-CALLER-SET"
 
 
 @dataclass(frozen=True)
@@ -148,9 +156,9 @@ class StorageSCP:
         allowed_callers: Collection[str] | None,
         transfer_syntaxes: Collection[str],
         on_stored: Callable[[StoredInstance], None] = lambda instance: None,
-        on_association_end: Callable[[int], None] = lambda association: None,
+        on_association_end: Callable[[int, bool], None] = lambda association, released: None,
         on_refused: Callable[[str, str], None] = lambda what, reason: None,
-        on_rejected: Callable[[str, str], None] = lambda calling_ae, reason: None,
+        on_rejected: Callable[[str, str, str], None] = lambda calling_ae, reason, peer_host: None,
         min_free_bytes: int = 0,
         ssl_context: ssl.SSLContext | None = None,
     ):
@@ -167,8 +175,9 @@ class StorageSCP:
         self._lock = threading.Lock()
         self.ae = AE(ae_title=ae_title)
         self.ae.require_called_aet = True
-        if allowed_callers is not None:
-            self.ae.require_calling_aet = sorted(allowed_callers) or ["\x00no caller is allowed"]
+        self.allowed_callers = None if allowed_callers is None else frozenset(allowed_callers)
+        if self.allowed_callers is not None:
+            self.ae.require_calling_aet = sorted(self.allowed_callers) or [_NOBODY]
         self.ae.maximum_associations = 32
         self.ae.network_timeout = self.ae.dimse_timeout = 60
         self.ae.acse_timeout = 10  # ARTIM: a connection that never completes association frees its slot soon
@@ -191,6 +200,9 @@ class StorageSCP:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         sop_class = str(event.request.AffectedSOPClassUID)
         affected_uid = str(event.request.AffectedSOPInstanceUID)
+        if self.allowed_callers is not None and calling_ae not in self.allowed_callers:
+            self._on_refused(affected_uid, "caller_not_allowed")
+            return _status(NOT_AUTHORIZED, f"calling AE title {calling_ae!r} is not an allowed caller")
         if sop_class not in STORED_CLASSES:
             log.info("refused SOP class %s (instance %s) from %s", sop_class, affected_uid, calling_ae)
             self._on_refused(affected_uid, f"sop_class_not_supported:{sop_class}")
@@ -229,24 +241,30 @@ class StorageSCP:
                                        self._association_id(event), duplicate, time.monotonic()))
         return SUCCESS
 
-    def _handle_end(self, event) -> None:
+    def _handle_released(self, event) -> None:
+        self._end(event, released=True)
+
+    def _handle_ended_otherwise(self, event) -> None:
+        """Aborted (A-ABORT, A-P-ABORT) or the connection closed; after a release, a no-op."""
+        self._end(event, released=False)
+
+    def _end(self, event, released: bool) -> None:
         with self._lock:
             association = self._ids.pop(id(event.assoc), None)
         if association is not None:
-            self._on_end(association)
+            self._on_end(association, released)
 
     def _handle_rejected(self, event) -> None:
         request = event.assoc.requestor.primitive
         calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
-        allowed = [str(ae).strip() for ae in self.ae.require_calling_aet]
-        if allowed and calling not in allowed:
+        if self.allowed_callers is not None and calling not in self.allowed_callers:
             reason = f"calling AE title {calling!r} is not an allowed caller"
         elif called != str(self.ae.ae_title).strip():
             reason = f"called AE title {called!r} is not this node's ({str(self.ae.ae_title).strip()!r})"
         else:
             reason = "too many associations"
         log.warning("association from %s rejected: %s", event.assoc.requestor.address, reason)
-        self._on_rejected(calling, reason)
+        self._on_rejected(calling, reason, str(event.assoc.requestor.address))
 
     def _handle_tls_open(self, event) -> None:
         """The TLS handshake of a new connection, in its own thread (see _HandshakeLater)."""
@@ -271,9 +289,9 @@ class StorageSCP:
     def start(self, host: str, port: int) -> None:
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_RELEASED, self._handle_end),
-            (evt.EVT_ABORTED, self._handle_end),
-            (evt.EVT_CONN_CLOSE, self._handle_end),
+            (evt.EVT_RELEASED, self._handle_released),
+            (evt.EVT_ABORTED, self._handle_ended_otherwise),
+            (evt.EVT_CONN_CLOSE, self._handle_ended_otherwise),
             (evt.EVT_REJECTED, self._handle_rejected),
         ]
         tls = None

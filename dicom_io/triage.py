@@ -72,3 +72,34 @@ def triage(header: Dataset, slices: int, rules: SeriesRules = SeriesRules()) -> 
     if slices < 2:
         return "single_slice"
     return None
+
+
+def missing_instances(headers: list[Dataset]) -> str | None:
+    """Why a series looks incomplete from its headers alone, or None.
+
+    - Instance numbers skipped: a step between sorted numbers wider than the series' own
+      step (a series numbered 2, 4, 6 is complete; 1, 2, 4 is not).
+    - A step between slice positions at least 1.6 times the usual one (a missing slice
+      doubles it; the loader's `irregular_slice_spacing` flags smaller differences).
+
+    A series cut at its end shows neither: that is what the association's end tells.
+    """
+    images = [h for h in headers if str(h.get("SOPClassUID", "")) in MR_IMAGE_CLASSES and frame_count(h) == 1]
+    numbers = sorted({int(h.InstanceNumber) for h in images if str(h.get("InstanceNumber", "")).strip().isdigit()})
+    if len(numbers) >= 3:
+        steps = np.diff(numbers)
+        usual = int(steps.min())
+        skipped = [n + usual * k for n, step in zip(numbers, steps) for k in range(1, step // usual) if step > usual]
+        if skipped:
+            shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+            return f"instance numbers {shown} missing (between {numbers[0]} and {numbers[-1]})"
+    iop = orientation(images[0]) if images else None
+    if iop is not None and len(iop) == 6 and len(images) >= 3:
+        normal = unit(np.cross(iop[:3], iop[3:]))
+        positions = sorted(float(np.dot(normal, [float(v) for v in h.ImagePositionPatient]))
+                           for h in images if "ImagePositionPatient" in h)
+        steps = np.diff(positions)
+        steps = steps[steps > 1e-3]  # repeats at one position are the loader's to refuse
+        if len(steps) >= 2 and steps.max() >= 1.6 * float(np.median(steps)):
+            return f"a gap of {steps.max():.1f} mm between slices {float(np.median(steps)):.1f} mm apart"
+    return None

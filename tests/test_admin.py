@@ -31,6 +31,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from db import STATUSES, JobStore
+from dicom_io.codes import flag_meaning
 from tests.conftest import free_port, postgres_schema, schema_url
 from worker import admin as admin_module
 from worker import cli
@@ -306,7 +307,10 @@ def test_the_job_page_shows_timings_flags_exports_events_and_the_overlay(admin: 
     assert page.locator("#lla").inner_text() == "47.3°"
     assert page.locator("#lla-class").inner_text() == "normal"
     assert page.locator("#cnn-class").inner_text() == "normal"
-    assert page.locator("#flags li").all_inner_texts() == DONE_FLAGS
+    # each flag with its meaning, the SR's sentence
+    assert page.locator("#flags li").all_inner_texts() == [f"{flag}: {flag_meaning(flag)}" for flag in DONE_FLAGS]
+    assert page.locator("#flags li").first.inner_text() == ("possible_transitional_vertebra:L5: "
+                                                            "Possible transitional vertebra: L5")
     assert page.locator("#accession").inner_text() == "ACC-1001"
     text = page.locator("main").inner_text()
     for shown in (f"{UID}.1.1", f"{UID}.1", "unet_4class", "ab" * 32, f"{UID}.1.501.1", f"{UID}.1.503.1",
@@ -495,6 +499,7 @@ def test_the_admin_server_binds_loopback_by_default(monkeypatch: pytest.MonkeyPa
     seen: list[tuple[str | None, int | None]] = []
     monkeypatch.setattr(admin_module, "run_admin", lambda s, host=None, port=None: seen.append((host, port)) or 0)
     monkeypatch.setenv("LUMBARNODE_DATABASE_URL", settings.database_url)
+    JobStore(settings.database_url, create=True).dispose()  # `admin` shows the node's database, never makes one
     assert cli.main(["admin"]) == 0
     assert cli.main(["admin", "--host", "::1", "--port", "8181"]) == 0
     assert seen == [(None, None), ("::1", 8181)]

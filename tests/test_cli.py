@@ -113,8 +113,19 @@ def test_wrap_keeps_per_level_labels(shared_data, tmp_path):
 
 
 def test_demo_plays_a_pacs_against_the_node_and_stops_cleanly(tmp_path):
+    from dicom_io.codes import flag_meaning
+
     out = run("demo", "--out", str(tmp_path)).stdout
+    # The study is sent once the networks are loaded, so the job never waits for TensorFlow.
+    assert out.index("inference worker ready") < out.index("PACS -> node:")
+    assert "model_load 0.00" in out
     assert "PACS -> node: 16 instances sent, statuses all success" in out
+    # Every flag with its meaning (the SR's and the admin page's sentence), and where to look.
+    flags = out.split("\nflags: ")[1].split("\nstages")[0].splitlines()[1:]
+    for line in flags:
+        code, meaning = line.strip().split(": ", 1)
+        assert meaning == flag_meaning(code)
+    assert "to look at the results:" in out and "lumbarnode jobs show 1" in out and "/jobs/1" in out
     assert "job 1: done  LLA " in out and "stages (s): quiet_period" in out
     for kind in ("SEG", "SR ", "OT "):
         assert f"received at the PACS: {kind}" in out

@@ -44,7 +44,8 @@ def scp(tmp_path):
 
     listener = StorageSCP("LUMBARNODE", tmp_path / "spool", allowed_callers={"STORESCU", "PACS"},
                           transfer_syntaxes=[str(t) for t in decodable_transfer_syntaxes()],
-                          on_stored=on_stored, on_association_end=ended.append,
+                          on_stored=on_stored,
+                          on_association_end=lambda association, released: ended.append((association, released)),
                           on_refused=lambda uid, reason: refused.append(reason))
     listener.start("127.0.0.1", 0)
     yield listener, stored, ended, refused
@@ -57,7 +58,7 @@ def test_dcmtk_storescu_series_lands_in_the_spool_byte_for_byte(scp, tmp_path):
     done = subprocess.run([require_tool("storescu"), "-aet", "STORESCU", "-aec", "LUMBARNODE", "127.0.0.1",
                            str(listener.port), *map(str, files)], capture_output=True, text=True, env=DCMTK_ENV)
     assert done.returncode == 0, done.stderr
-    assert len(stored) == 4 and len(ended) == 1 and {s.association for s in stored} == set(ended)
+    assert len(stored) == 4 and set(ended) == {(s.association, True) for s in stored}  # one, released
     for path in files:
         source = pydicom.dcmread(path)
         target = spool_path(listener.spool, source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID)
@@ -82,7 +83,7 @@ def test_rejections_say_why_in_the_log_and_to_the_node(tmp_path, caplog):
     rejected = []
     listener = StorageSCP("LUMBARNODE", tmp_path / "spool", allowed_callers={"PACS"},
                           transfer_syntaxes=[str(t) for t in decodable_transfer_syntaxes()],
-                          on_rejected=lambda calling, reason: rejected.append((calling, reason)))
+                          on_rejected=lambda calling, reason, host: rejected.append((calling, reason)))
     listener.start("127.0.0.1", 0)
     try:
         with caplog.at_level(logging.WARNING, logger="lumbarnode.scp"):

@@ -129,9 +129,14 @@ def test_a_duplicate_starts_nothing_and_a_late_instance_starts_a_new_version(nod
     first = final_job(store, series_uid)
     files = sorted(study.dicom_dir.glob("*.dcm"))
     assert send_files(files[:2], settings.ae_title, "127.0.0.1", settings.port, calling_ae="SCU").ok
+    # One more lateral slice, one spacing beyond the last (a series with a gap would wait and be skipped).
+    headers = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in files),
+                     key=lambda ds: float(ds.ImagePositionPatient[0]))
+    step = float(headers[1].ImagePositionPatient[0]) - float(headers[0].ImagePositionPatient[0])
     late = pydicom.dcmread(files[0])
     late.SOPInstanceUID = pydicom.uid.generate_uid()
-    late.ImagePositionPatient = [float(late.ImagePositionPatient[0]) + 1000.0, *late.ImagePositionPatient[1:]]
+    late.InstanceNumber = max(int(ds.InstanceNumber) for ds in headers) + 1
+    late.ImagePositionPatient = [float(headers[-1].ImagePositionPatient[0]) + step, *late.ImagePositionPatient[1:]]
     path = study.dicom_dir.parent / "late.dcm"
     late.save_as(path)
     time.sleep(settings.quiet_period_s + 1.5)  # past the quiet period: the duplicates alone made no job

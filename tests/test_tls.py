@@ -238,11 +238,11 @@ def test_the_node_serves_mutual_tls_and_says_so(tmp_path, pki, study, caplog):
 
 
 def test_settings_validate_and_read_tls_from_the_environment(tmp_path, pki):
-    with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
+    with pytest.raises(ValueError, match="LUMBARNODE_TLS_CERT and LUMBARNODE_TLS_KEY go together"):
         Settings(data_dir=tmp_path, tls_cert=pki.cert("node"))
-    with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
+    with pytest.raises(ValueError, match="LUMBARNODE_TLS_CERT and LUMBARNODE_TLS_KEY go together"):
         Settings(data_dir=tmp_path, tls_key=pki.key("node"))
-    with pytest.raises(ValueError, match="export_tls needs tls_ca"):
+    with pytest.raises(ValueError, match="LUMBARNODE_EXPORT_TLS needs LUMBARNODE_TLS_CA"):
         Settings(data_dir=tmp_path, tls_cert=pki.cert("node"), tls_key=pki.key("node"), export_tls=True)
     plain = Settings(data_dir=tmp_path)
     assert plain.listener_tls() is None and plain.export_tls_context() is None

@@ -43,7 +43,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from db import STATUSES, JobStore, JobView
-from worker.settings import Settings
+from dicom_io.codes import flag_meaning
+from worker.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _short(value: str | None, width: int = 60) -> str:
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(utc=_utc, short=_short, stage=lambda k: stage_name(k).replace("_", " "))
+    env.filters.update(utc=_utc, short=_short, meaning=flag_meaning, stage=lambda k: stage_name(k).replace("_", " "))
     env.globals.update(STATUSES=STATUSES, SINCE_CHOICES=SINCE_CHOICES)
     return env
 
@@ -284,8 +285,13 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_class=PlainTextResponse)
-    def healthz() -> str:
-        return "ok"
+    def healthz() -> PlainTextResponse:
+        """ok only when the job database answers with the node's tables (every page needs it)."""
+        try:
+            store.count_by_status()
+        except Exception as exc:
+            return PlainTextResponse(f"job database unavailable ({type(exc).__name__})", status_code=503)
+        return PlainTextResponse("ok")
 
     return app
 
@@ -298,10 +304,25 @@ def run_admin(settings: Settings, host: str | None = None, port: int | None = No
     host = host or settings.admin_host
     port = settings.admin_port if port is None else port
     if not 0 < port < 65536:
-        raise ValueError(f"admin port {port} is not a TCP port")
+        raise SettingsError(f"--port {port}: expected a TCP port, 1 to 65535")
+    _check_bindable(host, port)
     if host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("admin page on %s:%d has no authentication: anyone who can reach it sees the job list",
                     host, port)
     # No access log: its query strings would carry the accession numbers people search for.
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="info")
     return 0
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """A port in use is one line naming it, before uvicorn starts (it would log and exit 1)."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise SettingsError(f"cannot listen on {host}:{port} ({exc.strerror}): another program has the port; "
+                            "set LUMBARNODE_ADMIN_PORT or --port") from None

@@ -7,6 +7,11 @@ holds more instances), duplicates alone start nothing. The spool is the source o
 on start, `recover` picks up series whose instances no job covers yet (a node stopped or
 killed in the middle of a study).
 
+A series that looks cut short (an association that delivered to it ended without a
+release, or gaps in its instance numbers or slice positions) waits `INCOMPLETE_WAIT_S` for
+the rest; then it is skipped with the reason `incomplete_series` (the default: nothing half
+sent is measured), or, with `INCOMPLETE_SERIES=measure`, measured with that flag.
+
 Usable series (dicom_io.triage) are queued; the rest get a `skipped` job with the reason.
 The per-instance path touches no database: the listener keeps receiving while the job
 database is slow or briefly away, and a series whose job could not be written is retried.
@@ -26,11 +31,14 @@ import pydicom
 
 from db import JobStore, JobView
 from dicom_io.scp import StoredInstance, is_uid
-from dicom_io.triage import SeriesRules, frame_count, triage
+from dicom_io.triage import SeriesRules, frame_count, missing_instances, triage
 from worker.settings import Settings
 
 log = logging.getLogger("lumbarnode.assembly")
 CALLER_FILE = ".calling_ae"  # in each series folder: who sent it, for the return address after a restart
+INCOMPLETE = "incomplete_series"  # the reason of a skipped job, or the flag of a measured one
+INTAKE_FLAGS = frozenset({INCOMPLETE})  # flags set here, before the method runs
+CUT_SHORT = "the transfer was cut short (an association ended without a release)"
 
 
 @dataclass
@@ -41,6 +49,11 @@ class _Pending:
     first_received: datetime
     last_received: float  # monotonic
     associations: set[int] = field(default_factory=set)
+    cut_short: bool = False  # the last association that delivered to it ended without a release
+    incomplete: str | None = None  # why it looked incomplete when it was due: it waits longer
+
+    def wait_s(self, settings: Settings) -> float:
+        return settings.incomplete_wait_s if self.cut_short or self.incomplete else settings.quiet_period_s
 
 
 class SeriesAssembler:
@@ -70,11 +83,15 @@ class SeriesAssembler:
                     caller.write_text(instance.calling_ae)
             pending.last_received = max(pending.last_received, instance.received_at)
             pending.associations.add(instance.association)
+            pending.incomplete = None  # judged again when it is due
             self._open.add(instance.association)
 
-    def association_ended(self, association: int) -> None:
+    def association_ended(self, association: int, released: bool = True) -> None:
         with self._lock:
             self._open.discard(association)
+            for pending in self._pending.values():
+                if association in pending.associations:
+                    pending.cut_short = not released
 
     # --- called by the node's loop ---------------------------------------------------------
 
@@ -83,7 +100,7 @@ class SeriesAssembler:
         now = self.clock()
         with self._lock:
             due = [p for p in self._pending.values()
-                   if not (p.associations & self._open) and now - p.last_received >= self.settings.quiet_period_s]
+                   if not (p.associations & self._open) and now - p.last_received >= p.wait_s(self.settings)]
             for p in due:
                 del self._pending[p.series_uid]
         jobs = []
@@ -109,12 +126,25 @@ class SeriesAssembler:
         latest = self.store.latest_job(pending.series_uid)
         if latest is not None and set(latest.instance_uids) == set(uids):
             return None  # only duplicates arrived: the job made before covers them
+        incomplete = None
         try:
             header = pydicom.dcmread(files[0], stop_before_pixels=True)
             slices = len(files) if len(files) > 1 else frame_count(header)
             reason = triage(header, slices, self.rules)
+            if reason is None:
+                incomplete = CUT_SHORT if pending.cut_short else missing_instances(
+                    [pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         except Exception as exc:  # stored as received, but not even its header can be read
             header, reason = pydicom.Dataset(), f"malformed_file:{type(exc).__name__}"
+        if incomplete and quiet_s < self.settings.incomplete_wait_s:
+            log.warning("series %s looks incomplete (%s): waiting up to %.0f s for the rest", pending.series_uid,
+                        incomplete, self.settings.incomplete_wait_s)
+            with self._lock:
+                pending.incomplete = incomplete
+                self._pending.setdefault(pending.series_uid, pending)
+            return None
+        if incomplete and self.settings.incomplete_series == "skip":
+            reason = INCOMPLETE
         series_id = self.store.series_received(
             study_instance_uid=pending.study_uid, series_instance_uid=pending.series_uid,
             modality=str(header.get("Modality", "")), series_description=str(header.get("SeriesDescription", ""))[:64],
@@ -124,9 +154,12 @@ class SeriesAssembler:
         )
         destination = self.settings.return_address(pending.calling_ae)
         if reason is not None:
+            error = f"series not processed: {reason.replace('_', ' ')}"
+            if reason == INCOMPLETE:
+                error += (f": {incomplete}, after waiting {quiet_s:.0f} s; send the whole series again "
+                          "(or set LUMBARNODE_INCOMPLETE_SERIES=measure to measure it with a flag)")
             job = self.store.create_job(series_id, uids, destination=str(destination) if destination else None,
-                                        status="skipped", reason=reason,
-                                        error=f"series not processed: {reason.replace('_', ' ')}")
+                                        status="skipped", reason=reason, error=error)
             self.store.set_status(job.id, "skipped")
             self.store.add_event("skipped", f"series {pending.series_uid}: {reason}", job_id=job.id,
                                  series_id=series_id)
@@ -135,7 +168,11 @@ class SeriesAssembler:
         job = self.store.create_job(series_id, uids, destination=str(destination) if destination else None)
         self.store.add_event("received", f"series {pending.series_uid}: {len(files)} instances from "
                              f"{pending.calling_ae or 'unknown caller'}", job_id=job.id, series_id=series_id)
-        self.store.update_job(job.id, timings={"quiet_period_s": round(quiet_s, 3)})
+        self.store.update_job(job.id, timings={"quiet_period_s": round(quiet_s, 3)},
+                              **({"flags": [INCOMPLETE]} if incomplete else {}))
+        if incomplete:
+            self.store.add_event("incomplete", f"series {pending.series_uid}: {incomplete}; measured with the flag "
+                                 f"{INCOMPLETE}", job_id=job.id, series_id=series_id)
         log.info("job %d: series %s complete (%d instances, version %d)", job.id, pending.series_uid, len(files),
                  job.version)
         return self.queue(job.id)

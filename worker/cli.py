@@ -11,6 +11,10 @@ from pathlib import Path
 from dicom_io.results import software_version
 
 
+class UsageError(Exception):
+    """An operator's mistake: printed as one line, exit code 2, no traceback."""
+
+
 def _pair(text: str, cast=float) -> tuple:
     """'0.6x0.9' -> (0.6, 0.9); '320' -> (320, 320)."""
     parts = text.lower().split("x")
@@ -138,6 +142,9 @@ def cmd_process(args: argparse.Namespace) -> int:
     from worker import analyze, process
     from worker.settings import Settings
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
     settings = Settings.from_env()
     if args.no_key_image:
         settings = dataclasses.replace(settings, key_image=False)
@@ -160,6 +167,16 @@ def cmd_process(args: argparse.Namespace) -> int:
     return outputs.code
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return value
+
+
 def _settings():
     from worker.settings import Settings
 
@@ -173,34 +190,49 @@ def _logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # per-association chatter
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per copied module
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # two lines at every start
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from worker.node import run_node
 
+    settings = _settings()
     _logging()
-    return run_node(_settings(), with_workers=True)
+    return run_node(settings, with_workers=True)
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
     from worker.node import run_node
 
+    settings = _settings()
     _logging()
-    return run_node(_settings(), with_workers=False)
+    return run_node(settings, with_workers=False)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from worker import tasks
     from worker.node import run_worker
 
+    known = (tasks.INFERENCE_QUEUE, tasks.EXPORT_QUEUE)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in known]
+    if unknown or not queues:
+        raise UsageError(f"--queues {args.queues!r}: unknown queue {', '.join(map(repr, unknown)) or '(none)'}; "
+                         f"use {', '.join(known)} or both, comma-separated")
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency {args.concurrency}: expected 1 or more")
+    settings = _settings()
     _logging()
-    return run_worker(_settings(), args.queues, args.concurrency)
+    return run_worker(settings, ",".join(queues), args.concurrency)
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
     from worker.admin import run_admin
 
+    settings = _settings()
+    _open_store(settings).dispose()  # a missing or foreign database is one line now, not a 500 per page
     _logging()
-    return run_admin(_settings(), host=args.host, port=args.port)
+    return run_admin(settings, host=args.host, port=args.port)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -237,19 +269,26 @@ def _job_line(job) -> str:
             f"{job.instance_count:>4}  {lla:<20} {why:<24} {job.series_instance_uid}")
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
-    from db import STATUSES, JobStore
+def _open_store(settings):
+    """The node's job database for an operator command: never created here (a wrong folder or
+    URL is said in one line instead of leaving an empty database behind); an older revision is
+    migrated."""
+    from db import JobStore
+    from db.migrate import ready
 
+    ready(settings.database_url)
+    return JobStore(settings.database_url)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from db import STATUSES
+
+    if args.action == "list" and args.status and args.status not in STATUSES:
+        raise UsageError(f"--status {args.status!r}: one of {', '.join(STATUSES)}")
     settings = _settings()
-    store = JobStore(settings.database_url)
+    store = _open_store(settings)
     if args.action == "list":
-        since = None
-        if args.since:
-            since = _since(args.since)
-        if args.status and args.status not in STATUSES:
-            print(f"jobs: unknown status {args.status!r}; one of {', '.join(STATUSES)}", file=sys.stderr)
-            return 2
-        found = store.list_jobs(status=args.status, since=since, limit=args.limit)
+        found = store.list_jobs(status=args.status, since=args.since, limit=args.limit)
         if args.json:
             print(json.dumps([j.as_dict() for j in found], indent=2))
             return 0
@@ -270,9 +309,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print(json.dumps(info, indent=2))
             return 0
         for key, value in info.items():
-            if key in ("exports", "events", "instance_uids", "timings"):
+            if key in ("exports", "events", "instance_uids", "timings", "flags"):
                 continue
             print(f"{key:<22} {value}")
+        from dicom_io.codes import flag_meaning
+
+        for flag in job.flags:
+            print(f"flag                   {flag}: {flag_meaning(flag)}")
         print("timings (s)            " + ", ".join(f"{k} {v:.3f}" for k, v in job.timings.items()))
         for export in info["exports"]:
             print(f"export #{export['attempt']:<3} {export['started_at']}  {export['status']:<7} "
@@ -304,11 +347,16 @@ def _since(text: str):
     import re
     from datetime import UTC, datetime, timedelta
 
-    match = re.fullmatch(r"(\d+)([smhd])", text)
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
     if match:
         seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
         return datetime.now(UTC) - timedelta(seconds=seconds)
-    when = datetime.fromisoformat(text)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a date (2026-11-25), a UTC time (2026-11-25T10:00) or a duration (30m, 2h, 7d)"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -391,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = p.add_subparsers(dest="action", required=True)
     q = jobs.add_parser("list", help="newest first")
     q.add_argument("--status", help="received, queued, running, done, skipped, failed, export_failed")
-    q.add_argument("--since", help="ISO date/time (UTC) or a duration back from now: 30m, 2h, 7d")
-    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--since", type=_since, help="ISO date/time (UTC) or a duration back from now: 30m, 2h, 7d")
+    q.add_argument("--limit", type=_positive, default=50)
     q.add_argument("--json", action="store_true")
     q = jobs.add_parser("show", help="everything about one job: stages and timings, results, exports, events")
     q.add_argument("id", type=int)
@@ -421,7 +469,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return training_main(argv)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from db.migrate import DatabaseNotReady
+    from worker.settings import SettingsError
+
+    try:
+        return args.func(args)
+    except (UsageError, SettingsError, DatabaseNotReady) as exc:
+        print(f"lumbarnode {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

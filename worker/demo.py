@@ -1,13 +1,15 @@
 """`lumbarnode demo`: the node end to end on the embedded defaults, with a stand-in PACS.
 
 1. A storage SCP plays the PACS that receives the results (AE DEMO_PACS, a folder).
-2. `lumbarnode serve` starts on a free port with a fresh data folder (SQLite job database,
-   SQLite broker, embedded workers), knowing DEMO_PACS as an allowed caller whose results
-   go back to it.
-3. The PACS sends a study: the real fastMONAI T2 volume that ships in demo/ wrapped as
-   DICOM (or, with --phantom, a synthetic study), over a real association.
-4. The demo waits for the job in the database, prints the result, the stage timings and
-   the received files, and stops the node with SIGTERM.
+2. `lumbarnode serve` starts on the embedded defaults (SQLite job database, SQLite broker,
+   embedded workers) with three settings only: a free port, a fresh data folder, and
+   DEMO_PACS as the allowed caller whose results go back to it.
+3. Once the inference worker has loaded the networks (its `worker_ready` event), the PACS
+   sends a study: the real fastMONAI T2 volume that ships in demo/ wrapped as DICOM (or,
+   with --phantom, a synthetic study), over a real association.
+4. The demo waits for the job in the database, prints the result with what each flag
+   means, the stage timings, the received files and how to look at them, and stops the node
+   with SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.settings import REPOSITORY, Settings
+from worker.settings import REPOSITORY, Settings, variable
 
 DEMO_VOLUME = REPOSITORY / "demo" / "fastmonai-t2-volume" / "img.nii.gz"
 PACS_AE = "DEMO_PACS"
@@ -70,27 +72,33 @@ def run(out: Path, phantom: bool = False, timeout_s: float = 600.0) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     node_port, pacs_port = free_port(), free_port()
-    settings = Settings(data_dir=out / "node", port=node_port, host="127.0.0.1", quiet_period_s=1.0,
-                        allowed_callers=f"{PACS_AE}={PACS_AE}@127.0.0.1:{pacs_port}")
+    chosen = {"data_dir": str((out / "node").resolve()), "port": str(node_port),
+              "allowed_callers": f"{PACS_AE}={PACS_AE}@127.0.0.1:{pacs_port}"}
+    settings = Settings.from_env({variable(k): v for k, v in chosen.items()})
     received: list[Path] = []
     pacs = StorageSCP(PACS_AE, out / "pacs", allowed_callers={settings.ae_title},
                       transfer_syntaxes=[str(ts) for ts in decodable_transfer_syntaxes()],
                       on_stored=lambda instance: received.append(instance.path))
     pacs.start("127.0.0.1", pacs_port)
     dicom_dir = make_study(out / "study", phantom)
-    env = {**os.environ, **settings.environment()}
+    # The node's environment: this machine's, less any LUMBARNODE_* of the caller's, plus the three above.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUMBARNODE_")}
+    env.update({variable(k): v for k, v in chosen.items()})
     log_path = out / "node.log"
     with open(log_path, "w") as log:
         node = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
         wait_for_port(node_port, node)
-        print(f"node: {settings.ae_title} on 127.0.0.1:{node_port} (serve, embedded defaults, log {log_path})")
+        print(f"node: `lumbarnode serve` as {settings.ae_title} on port {node_port}, embedded defaults with "
+              + ", ".join(f"{variable(k)}={v}" for k, v in chosen.items()) + f" (log {log_path})")
+        store = JobStore(settings.database_url)
+        ready_s = wait_for_worker(store, node)
+        print(f"node: inference worker ready {ready_s:.1f} s after the port opened (networks loaded)")
         files = sorted(dicom_dir.glob("*.dcm"))
         sent_at = time.monotonic()
         result = send_files(files, settings.ae_title, "127.0.0.1", node_port, calling_ae=PACS_AE)
         print(f"PACS -> node: {len(files)} instances sent, statuses {'all success' if result.ok else result.statuses}")
-        store = JobStore(settings.database_url)
         series_uid = _series_uid(files[0])
         job = None
         while time.monotonic() - sent_at < timeout_s:
@@ -103,6 +111,7 @@ def run(out: Path, phantom: bool = False, timeout_s: float = 600.0) -> int:
             print(f"no result within {timeout_s:.0f} s (job: {job.status if job else 'none'}); see {log_path}")
             return 1
         report(job, store, received, elapsed)
+        how_to_look(job, settings, out)
         return 0 if job.status == "done" else 1
     finally:
         node.send_signal(signal.SIGTERM)
@@ -114,6 +123,18 @@ def run(out: Path, phantom: bool = False, timeout_s: float = 600.0) -> int:
         pacs.stop()
 
 
+def wait_for_worker(store, node: subprocess.Popen, timeout_s: float = 300.0) -> float:
+    """Until the inference worker says it is ready, so that the study does not wait for TensorFlow."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if any("inference" in e.message for e in store.events(kind="worker_ready")):
+            return time.monotonic() - started
+        if node.poll() is not None:
+            raise RuntimeError(f"the node exited with code {node.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"the inference worker was not ready within {timeout_s:.0f} s")
+
+
 def _series_uid(path: Path) -> str:
     import pydicom
 
@@ -121,9 +142,13 @@ def _series_uid(path: Path) -> str:
 
 
 def report(job, store, received: list[Path], elapsed: float) -> None:
+    from dicom_io.codes import flag_meaning
+
     lla = "not measured" if job.lla_deg is None else f"{job.lla_deg:.1f} deg"
     print(f"\njob {job.id}: {job.status}  LLA {lla}  class {job.lla_class}  CNN {job.cnn_class}")
-    print(f"flags: {', '.join(job.flags) or 'none'}")
+    print("flags: " + ("none" if not job.flags else "(the same sentences as in the SR and on the admin page)"))
+    for flag in job.flags:
+        print(f"  {flag}: {flag_meaning(flag)}")
     if job.error:
         print(f"error: {job.error}")
     print("stages (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in job.timings.items()))
@@ -138,3 +163,14 @@ def report(job, store, received: list[Path], elapsed: float) -> None:
         print(f"overlay: {Path(job.results_dir) / 'overlay.png'}")
     for export in store.exports(job.id):
         print(f"export attempt {export.attempt}: {export.status} to {export.destination} ({export.dimse_status})")
+
+
+def how_to_look(job, settings: Settings, out: Path) -> None:
+    env = f"{variable('data_dir')}={settings.data_dir}"
+    print("\nto look at the results:")
+    print(f"  files:       {job.results_dir}/ (seg.dcm, sr.dcm, key.dcm, overlay.png, result.json); "
+          f"as the PACS received them: {out / 'pacs'}")
+    print(f"  the job:     {env} .venv/bin/lumbarnode jobs show {job.id}")
+    print(f"  admin page:  {env} .venv/bin/lumbarnode admin, then http://127.0.0.1:{settings.admin_port}/jobs/{job.id}")
+    print("  a viewer:    open the SEG and SR with the study in OHIF, 3D Slicer or your PACS viewer "
+          "(README: Viewing the results)")

@@ -25,7 +25,7 @@ from db import JobStore, JobView
 from dicom_io.errors import SeriesRefused
 from dicom_io.scu import SendError, send_files
 from dicom_io.series import load_series
-from worker.assembly import instance_files
+from worker.assembly import INTAKE_FLAGS, instance_files
 from worker.settings import Destination, Settings
 
 if TYPE_CHECKING:
@@ -137,7 +137,8 @@ def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict
         timings["load_s"] = time.perf_counter() - started
         loaded_models = models(settings)
         timings["model_load_s"] = time.perf_counter() - started - timings["load_s"]
-        outputs = process.process_loaded(series, loaded_models, settings)
+        intake = tuple(flag for flag in job.flags if flag in INTAKE_FLAGS)
+        outputs = process.process_loaded(series, loaded_models, settings, intake)
         timings.update(outputs.timings)
         folder = results_dir(settings, job_id)
         if folder.exists():

@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable
 
 from db import JobStore
+from db.migrate import ready
 from dicom_io.scp import StorageSCP
 from dicom_io.series import decodable_transfer_syntaxes
 from worker import jobs, tasks
 from worker.assembly import SeriesAssembler
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError, variable
 
 log = logging.getLogger("lumbarnode.node")
 POLL_S = 0.2
@@ -34,7 +35,8 @@ class Node:
     def __init__(self, settings: Settings, enqueue: Callable[[int], None] | None = None):
         self.settings = settings
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(settings.database_url, create=True)
+        ready(settings.database_url, create=True)  # migrated on first use; another application's is refused
+        self.store = JobStore(settings.database_url)
         tasks.configure(settings)
         self.assembler = SeriesAssembler(self.store, settings, enqueue or tasks.enqueue_process)
         callers = settings.callers
@@ -56,8 +58,11 @@ class Node:
     def _refused(self, sop_instance_uid: str, reason: str) -> None:
         self._record("instance_refused", f"instance {sop_instance_uid}: {reason}")
 
-    def _rejected(self, calling_ae: str, reason: str) -> None:
+    def _rejected(self, calling_ae: str, reason: str, peer_host: str) -> None:
         self._record("association_rejected", reason[:300])
+        if calling_ae and calling_ae not in self.settings.callers and self.settings.require_known_caller:
+            log.warning("to accept %r, add %s=%s@%s:<its DICOM port> to %s (where its results go)", calling_ae,
+                        calling_ae, calling_ae, peer_host, variable("allowed_callers"))
 
     def _record(self, kind: str, message: str) -> None:
         """An event for the admin page; the listener's log already has it, so a database
@@ -72,7 +77,17 @@ class Node:
         # The broker may have lost messages while the node was down (a Redis restarted without
         # persistence); a second message for a job is harmless.
         self.assembler.resend_queued("node started: messages of queued jobs sent again")
-        self.scp.start(self.settings.host, self.settings.port)
+        try:
+            self.scp.start(self.settings.host, self.settings.port)
+        except OSError as exc:
+            raise SettingsError(f"cannot listen on {self.settings.host}:{self.settings.port} ({exc.strerror}): "
+                                f"another program has the port, or set {variable('port')} / "
+                                f"{variable('host')}") from None
+        if self.settings.require_known_caller and not self.settings.callers:
+            log.warning("no caller is allowed yet, so every association is rejected: set %s=CALLING_AE="
+                        "RETURN_AE@host:port (e.g. PACS=PACS@10.0.0.5:104: who may send, and where its results "
+                        "go), or %s=false to accept any caller", variable("allowed_callers"),
+                        variable("require_known_caller"))
         log.info("listening as %s on %s:%d%s (spool %s)", self.settings.ae_title, self.settings.host, self.scp.port,
                  self.tls_note, self.settings.spool_dir)
 
@@ -153,9 +168,7 @@ def stop_workers(workers: list[subprocess.Popen], timeout_s: float = 120.0) -> N
 
 def run_node(settings: Settings, with_workers: bool) -> int:
     node = Node(settings)
-    workers = start_workers(settings) if with_workers else []
-    if workers:
-        node.on_sweep = lambda: restart_dead_workers(settings, workers)
+    workers: list[subprocess.Popen] = []
 
     def shut_down(signum, frame):
         log.info("stopping (signal %d)", signum)
@@ -163,9 +176,13 @@ def run_node(settings: Settings, with_workers: bool) -> int:
 
     previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        node.start()
+        node.start()  # the port first: a port in use is said before any worker starts
+        if with_workers:
+            workers += start_workers(settings)
+            node.on_sweep = lambda: restart_dead_workers(settings, workers)
         print(f"lumbarnode: {settings.ae_title} listening on {settings.host}:{node.scp.port}{node.tls_note}"
-              f"{' with embedded workers' if workers else ''}; Ctrl-C stops", flush=True)
+              f"{' with embedded workers' if workers else ''}; data in {settings.data_dir}; Ctrl-C stops",
+              flush=True)
         node.run()
     finally:
         node.stop()
@@ -177,6 +194,7 @@ def run_node(settings: Settings, with_workers: bool) -> int:
 
 def run_worker(settings: Settings, queues: str, concurrency: int) -> int:
     app = tasks.configure(settings)
+    started = time.monotonic()
     if tasks.INFERENCE_QUEUE not in queues.split(","):
         pool = "threads"  # export waits on the network
     elif concurrency == 1:
@@ -187,7 +205,24 @@ def run_worker(settings: Settings, queues: str, concurrency: int) -> int:
         from celery.signals import worker_process_init
 
         worker_process_init.connect(lambda **_: jobs.models(settings), weak=False)
+    _record_ready(settings, queues, time.monotonic() - started)
     app.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
                      "--hostname", f"lumbarnode-{queues.replace(',', '-')}-{os.getpid()}@%h",
                      "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"])
     return 0
+
+
+def _record_ready(settings: Settings, queues: str, load_s: float) -> None:
+    """A `worker_ready` event once the worker takes messages (its networks loaded), so that the
+    demo, a test or an admin sees when the first job will not wait for TensorFlow."""
+    from celery.signals import worker_ready
+
+    def ready(**_) -> None:
+        try:
+            store = JobStore(settings.database_url)
+            store.add_event("worker_ready", f"worker for {queues} ready (pid {os.getpid()}, started in {load_s:.1f} s)")
+            store.dispose()
+        except Exception:
+            log.warning("could not record that the worker is ready")
+
+    worker_ready.connect(ready, weak=False)

@@ -13,6 +13,7 @@ Outcomes:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -63,8 +64,13 @@ def process_series(path: Path | list[Path], models: Models, settings: Settings) 
     return process_loaded(series, models, settings)
 
 
-def process_loaded(series: Series, models: Models, settings: Settings) -> Outputs:
-    measured = analyze.measure(analyze.slices_of(series), models, settings)
+def process_loaded(series: Series, models: Models, settings: Settings, intake_flags: tuple[str, ...] = ()) -> Outputs:
+    """`intake_flags`: what the node saw before the method ran (an incomplete series), carried
+    into the JSON, the SR and the key image like the method's own flags."""
+    slices = analyze.slices_of(series)
+    if intake_flags:
+        slices = dataclasses.replace(slices, flags=(*intake_flags, *slices.flags))
+    measured = analyze.measure(slices, models, settings)
     code = exit_code(measured.result)
     if code == EXIT_REFUSED:
         return Outputs(measured.result, code, timings=dict(measured.timings))

@@ -2,22 +2,56 @@
 (LUMBARNODE_CONFIG_FILE), then environment variables LUMBARNODE_<NAME>, the last winning.
 
 The embedded defaults need no server: everything lives under `data_dir` (spool, results,
-the SQLite job database, the SQLite broker of the embedded Celery queue).
+the SQLite job database, the SQLite broker of the embedded Celery queue), by default the
+user's state folder ($XDG_STATE_HOME/lumbarnode, else ~/.local/state/lumbarnode), so that
+every command finds the same node whatever the current folder. A relative path in the
+config file is taken from the config file's folder.
+
+This is the one place where settings are checked: a value that cannot be used raises
+`SettingsError`, whose message names the variable and the form expected (the command line
+prints it as one line and exits 2); an unknown LUMBARNODE_* variable is warned about with
+the closest setting's name.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import ssl
+import sys
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from dicom_io import tls
+from dicom_io import tls, uids
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 _PREFIX = "LUMBARNODE_"
+# LUMBARNODE_* variables that are not settings: the config file's path, the compose files'
+# interpolation variables (compose/*.yml) and the test suite's.
+OTHER_VARIABLES = frozenset({
+    "CONFIG_FILE", "IMAGE", "TAG", "CACHE", "DICOM_BIND", "DICOM_PORT", "PRIVATE_BIND", "REDIS_HOST", "DB_HOST",
+    "NFS_SERVER", "NFS_EXPORT", "SHARED_DATA", "TLS_DIR", "GPU_WORKERS", "GPU_DEVICE", "EXPORT_CONCURRENCY",
+    "FUZZ_CASES",
+})
+INCOMPLETE_SERIES_CHOICES = ("skip", "measure")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names it and says what is expected."""
+
+
+def variable(name: str) -> str:
+    """The environment variable of a setting: 'port' -> 'LUMBARNODE_PORT'."""
+    return f"{_PREFIX}{name.upper()}"
+
+
+def default_data_dir(environ: dict[str, str] | None = None) -> Path:
+    """$XDG_STATE_HOME/lumbarnode, else ~/.local/state/lumbarnode (the XDG base directory spec)."""
+    environ = os.environ if environ is None else environ
+    state = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".local" / "state")
+    return Path(state) / "lumbarnode"
 
 
 @dataclass(frozen=True)
@@ -32,7 +66,7 @@ class Destination:
     def parse(cls, text: str) -> Destination:
         match = re.fullmatch(r"\s*([^@\s]{1,16})@([^:\s]+):(\d{1,5})\s*", text)
         if not match or not 0 < int(match.group(3)) < 65536:
-            raise ValueError(f"{text!r}: expected AE@host:port, e.g. PACS@10.0.0.5:104")
+            raise SettingsError(f"{text!r}: expected AE@host:port, e.g. PACS@10.0.0.5:104")
         return cls(match.group(1), match.group(2), int(match.group(3)))
 
     def __str__(self) -> str:
@@ -45,7 +79,7 @@ def parse_callers(text: str) -> dict[str, Destination | None]:
     for entry in filter(None, (part.strip() for part in text.split(","))):
         ae, _, address = entry.partition("=")
         if not ae.strip() or len(ae.strip()) > 16:
-            raise ValueError(f"allowed caller {entry!r}: the calling AE title must be 1 to 16 characters")
+            raise SettingsError(f"allowed caller {entry!r}: the calling AE title must be 1 to 16 characters")
         callers[ae.strip()] = Destination.parse(address) if address.strip() else None
     return callers
 
@@ -73,6 +107,8 @@ class Settings:
     quiet_period_s: float = 2.0  # a series is complete this long after its last instance
     lumbar_body_parts: str = "LSPINE,LUMBAR,LSSPINE,LUMBOSACRAL,SPINE,TLSPINE,L-SPINE"
     lumbar_description_pattern: str = r"(?i)lumb|l-?spine|\blws\b|lendenw|rachis lomb"
+    incomplete_series: str = "skip"  # an aborted transfer or gaps: "skip" the series, or "measure" it with a flag
+    incomplete_wait_s: float = 120.0  # how long such a series waits for its missing instances first
     export_retries: int = 5  # C-STORE attempts after the first
     export_backoff_s: float = 2.0  # wait before retry n: backoff * 2**(n-1)
     inference_workers: int = 1  # worker processes `serve` starts for the inference queue
@@ -86,50 +122,91 @@ class Settings:
     tls_ca: Path | None = None  # trusted CA: callers must present a certificate it issued; verifies the PACS
     export_tls: bool = False  # export over TLS (verifying the destination against tls_ca, presenting tls_cert)
     # where things live
-    data_dir: Path = Path("var")  # relative paths are taken from the working directory
+    data_dir: Path | None = None  # default: default_data_dir(); relative: from the working directory
     spool_dir: Path | None = None  # default data_dir/spool
     results_dir: Path | None = None  # default data_dir/results
     database_url: str = ""  # SQLAlchemy URL; default sqlite:///data_dir/lumbarnode.db
     broker_url: str = ""  # Celery broker; default SQLite via kombu (sqla+sqlite:///data_dir/broker.db)
 
     def __post_init__(self) -> None:
-        data = self.data_dir.expanduser().resolve()
+        data = (self.data_dir or default_data_dir()).expanduser().resolve()
         object.__setattr__(self, "data_dir", data)
         object.__setattr__(self, "spool_dir", (self.spool_dir or data / "spool").expanduser().resolve())
         object.__setattr__(self, "results_dir", (self.results_dir or data / "results").expanduser().resolve())
         object.__setattr__(self, "database_url", self.database_url or f"sqlite:///{data / 'lumbarnode.db'}")
         object.__setattr__(self, "broker_url", self.broker_url or f"sqla+sqlite:///{data / 'broker.db'}")
-        parse_callers(self.allowed_callers)  # fail at start, not at the first association
-        if self.destination:
-            Destination.parse(self.destination)
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} is not a TCP port")
-        if not 0 < len(self.ae_title) <= 16:
-            raise ValueError(f"AE title {self.ae_title!r} must be 1 to 16 characters")
         for name in ("tls_cert", "tls_key", "tls_ca"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
+        self._check()
+
+    def _check(self) -> None:
+        """Every value usable, or a SettingsError naming its variable (at start, not at the first
+        association or the first job)."""
+        def bad(name: str, expected: str) -> SettingsError:
+            return SettingsError(f"{variable(name)}={getattr(self, name)!r}: {expected}")
+
+        try:
+            parse_callers(self.allowed_callers)
+        except SettingsError as exc:
+            raise SettingsError(f"{variable('allowed_callers')}: {exc}; the list is "
+                                "CALLING_AE=RETURN_AE@host:port,OTHER_AE=...") from None
+        if self.destination:
+            try:
+                Destination.parse(self.destination)
+            except SettingsError as exc:
+                raise SettingsError(f"{variable('destination')}: {exc}") from None
+        for name in ("port", "admin_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise bad(name, "expected a TCP port, 1 to 65535")
+        if not 0 < len(self.ae_title.strip()) <= 16 or "\\" in self.ae_title:
+            raise bad("ae_title", "expected an AE title of 1 to 16 characters, no backslash")
+        for name in ("quiet_period_s", "incomplete_wait_s", "export_backoff_s", "export_retries", "min_free_spool_mb"):
+            if getattr(self, name) < 0:
+                raise bad(name, "expected a number >= 0")
+        for name in ("inference_workers", "job_timeout_s", "max_obliquity_deg"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "expected a number > 0")
+        if not self.lla_low_deg < self.lla_high_deg:
+            raise SettingsError(f"{variable('lla_low_deg')}={self.lla_low_deg} must be below "
+                                f"{variable('lla_high_deg')}={self.lla_high_deg}")
+        if self.incomplete_series not in INCOMPLETE_SERIES_CHOICES:
+            raise bad("incomplete_series", f"expected one of {', '.join(INCOMPLETE_SERIES_CHOICES)}")
+        if self.uid_root:
+            try:
+                uids.check_root(self.uid_root)
+            except ValueError as exc:
+                raise bad("uid_root", str(exc)) from None
+        try:
+            re.compile(self.lumbar_description_pattern)
+        except re.error as exc:
+            raise bad("lumbar_description_pattern", f"not a regular expression ({exc})") from None
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: set both (the listener speaks TLS only) or neither")
+            raise SettingsError(f"{variable('tls_cert')} and {variable('tls_key')} go together: set both "
+                                "(the listener speaks TLS only) or neither")
         if self.export_tls and self.tls_ca is None:
-            raise ValueError("export_tls needs tls_ca, the CA that the destination's certificate is verified against")
+            raise SettingsError(f"{variable('export_tls')} needs {variable('tls_ca')}, the CA that the "
+                                "destination's certificate is verified against")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: dict[str, str] | None = None, warn=None) -> Settings:
+        """Settings from the environment (and the config file it names). Unknown LUMBARNODE_*
+        variables are passed to `warn` (default: one line each on stderr)."""
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        config_file = environ.get(f"{_PREFIX}CONFIG_FILE")
+        config_file = environ.get(variable("config_file"))
         if config_file:
-            with open(config_file, "rb") as handle:
-                for key, raw in tomllib.load(handle).items():
-                    values[_field(key, config_file).name] = raw
+            values.update(_read_config_file(Path(config_file).expanduser()))
         for f in fields(cls):
-            raw = environ.get(f"{_PREFIX}{f.name.upper()}")
+            raw = environ.get(variable(f.name))
             if raw is not None:
-                values[f.name] = raw
-        typed = {name: _parse(value, _field(name, "settings"), f"{_PREFIX}{name.upper()}")
-                 for name, value in values.items()}
-        return cls(**typed)
+                values[f.name] = _parse(raw, f, variable(f.name))
+        for message in unknown_variables(environ):
+            (warn or _warn)(message)
+        try:
+            return cls(**values)
+        except TypeError as exc:  # a TOML value of the wrong type reached a comparison
+            raise SettingsError(f"{config_file}: a value has the wrong type ({exc})") from None
 
     def listener_tls(self) -> ssl.SSLContext | None:
         """The listener's TLS context (mutual TLS when tls_ca is set); None: plain TCP."""
@@ -170,27 +247,88 @@ class Settings:
         return out
 
 
+_NAMES = tuple(f.name for f in fields(Settings))
+_warned: set[str] = set()
+
+
+def unknown_variables(environ: dict[str, str]) -> list[str]:
+    """A warning for each LUMBARNODE_* variable that is no setting, with the closest name."""
+    messages = []
+    for key in sorted(environ):
+        if not key.startswith(_PREFIX):
+            continue
+        name = key[len(_PREFIX):]
+        if name.lower() in _NAMES or name in OTHER_VARIABLES or name.startswith("TEST_"):
+            continue
+        close = difflib.get_close_matches(name.lower(), _NAMES, n=1, cutoff=0.6)
+        hint = f"; did you mean {variable(close[0])}?" if close else "; `lumbarnode config` lists the settings"
+        messages.append(f"{key} is not a lumbarnode setting and is ignored{hint}")
+    return messages
+
+
+def _warn(message: str) -> None:
+    if message not in _warned:  # once per process
+        _warned.add(message)
+        print(f"lumbarnode: warning: {message}", file=sys.stderr)
+
+
+def _read_config_file(path: Path) -> dict[str, object]:
+    """The settings of a TOML file; relative paths in it are taken from its folder."""
+    where = f"{variable('config_file')}={path}"
+    try:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{where}: not valid TOML ({exc})") from None
+    values: dict[str, object] = {}
+    for key, raw in table.items():
+        f = _field(key, str(path))
+        value = _parse(raw, f, f"{key} in {path}")
+        if isinstance(value, Path) and not value.expanduser().is_absolute():
+            value = path.resolve().parent / value
+        values[f.name] = value
+    return values
+
+
 def _field(name: str, source: str):
     for f in fields(Settings):
         if f.name == name.lower():
             return f
-    raise ValueError(f"{source}: unknown setting {name!r}")
+    close = difflib.get_close_matches(name.lower(), _NAMES, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise SettingsError(f"{source}: unknown setting {name!r}{hint}")
 
 
 def _parse(raw: object, f, name: str) -> object:
-    if not isinstance(raw, str):
-        return raw  # already typed (TOML)
+    """A raw value (an environment string, or a TOML value) as the field's type."""
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    if not isinstance(raw, str):
+        if "Path" in kind or (kind.startswith(("int", "float")) and isinstance(raw, bool)):
+            raise SettingsError(f"{name}={raw!r}: expected {'a path' if 'Path' in kind else 'a number'}")
+        if kind.startswith("float") and isinstance(raw, int):
+            return float(raw)
+        expected = {"bool": bool, "int": int, "float": float, "str": str}.get(kind.split(" ")[0])
+        if expected is not None and not isinstance(raw, expected):
+            raise SettingsError(f"{name}={raw!r}: expected {kind.split(' ')[0]}")
+        return raw
     if "bool" in kind:
         if raw.strip().lower() in ("1", "true", "yes", "on"):
             return True
         if raw.strip().lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name}={raw!r}: expected true or false")
+        raise SettingsError(f"{name}={raw!r}: expected true or false")
     if "Path" in kind:
         return Path(raw) if raw else None
-    if kind.startswith("int"):
-        return int(raw)
-    if kind.startswith("float"):
-        return float(raw)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        expected = "a whole number" if kind.startswith("int") else "a number"
+        raise SettingsError(f"{name}={raw!r}: expected {expected}") from None
     return raw
