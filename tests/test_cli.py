@@ -126,6 +126,11 @@ def test_demo_plays_a_pacs_against_the_node_and_stops_cleanly(tmp_path):
         code, meaning = line.strip().split(": ", 1)
         assert meaning == flag_meaning(code)
     assert "to look at the results:" in out and "lumbarnode jobs show 1" in out and "/jobs/1" in out
+    lla = float(out.split("LLA ")[1].split(" deg")[0])
+    near = [t for t in (39, 53) if abs(lla - t) < 2.5]
+    assert ("borderline: " in out) == bool(near)
+    if near:
+        assert f"{abs(lla - near[0]):.1f} deg from the {near[0]} deg threshold" in out
     assert "job 1: done  LLA " in out and "stages (s): quiet_period" in out
     for kind in ("SEG", "SR ", "OT "):
         assert f"received at the PACS: {kind}" in out

@@ -27,6 +27,7 @@ from worker.settings import REPOSITORY, Settings, variable
 DEMO_VOLUME = REPOSITORY / "demo" / "fastmonai-t2-volume" / "img.nii.gz"
 PACS_AE = "DEMO_PACS"
 FINAL = ("done", "skipped", "failed", "export_failed")
+BORDERLINE_DEG = 2.5  # about the real-data median error (models/MODEL_CARD.md)
 
 
 def free_port() -> int:
@@ -146,6 +147,12 @@ def report(job, store, received: list[Path], elapsed: float) -> None:
 
     lla = "not measured" if job.lla_deg is None else f"{job.lla_deg:.1f} deg"
     print(f"\njob {job.id}: {job.status}  LLA {lla}  class {job.lla_class}  CNN {job.cnn_class}")
+    if job.lla_deg is not None:
+        for threshold, between in ((Settings.lla_low_deg, "hypolordosis and normal"),  # the demo's: the defaults
+                                   (Settings.lla_high_deg, "normal and hyperlordosis")):
+            if abs(job.lla_deg - threshold) < BORDERLINE_DEG:
+                print(f"borderline: {abs(job.lla_deg - threshold):.1f} deg from the {threshold:g} deg threshold "
+                      f"between {between}; the class could go either way within the method's error")
     print("flags: " + ("none" if not job.flags else "(the same sentences as in the SR and on the admin page)"))
     for flag in job.flags:
         print(f"  {flag}: {flag_meaning(flag)}")
