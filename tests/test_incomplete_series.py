@@ -124,3 +124,28 @@ def test_complete_series_show_no_gaps(tmp_path):
     for index, header in enumerate(headers):
         header.InstanceNumber = 1  # numbers unusable: the positions still show the gap
     assert missing_instances(headers[:2] + headers[3:]) == "a gap of 8.0 mm between slices 4.0 mm apart"
+
+
+def test_a_series_whose_association_was_open_when_the_node_died_is_cut_short_after_restart(tmp_path):
+    """The spool keeps a marker while an association delivers to a series: a node killed
+    mid-transfer (no end of association ever reported) finds it again on restart."""
+    from db import JobStore
+    from dicom_io.scp import StoredInstance, spool_path
+    from worker.assembly import SeriesAssembler
+
+    settings = Settings(data_dir=tmp_path / "node", quiet_period_s=0.0, incomplete_wait_s=0.0)
+    store = JobStore(settings.database_url, create=True)
+    files = write_series(tmp_path / "src", "killed", slices=5)
+    before = SeriesAssembler(store, settings, enqueue=lambda job_id: None)
+    for path in files[:3]:  # three instances stored; then the node is SIGKILLed, the association never ends
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        target = spool_path(settings.spool_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        before.instance_stored(StoredInstance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                                              ds.SOPClassUID, target, "PACS", 1, False, 0.0))
+    after = SeriesAssembler(store, settings, enqueue=lambda job_id: None)  # the restarted node
+    assert after.recover() == 1
+    (job,) = after.poll()
+    assert job.status == "skipped" and job.reason == "incomplete_series" and "cut short" in job.error
+    store.dispose()

@@ -36,6 +36,8 @@ from worker.settings import Settings
 
 log = logging.getLogger("lumbarnode.assembly")
 CALLER_FILE = ".calling_ae"  # in each series folder: who sent it, for the return address after a restart
+RECEIVING_FILE = ".receiving"  # in a series folder while an association delivering to it is open: a node
+# killed then finds, on restart, the series that were cut short
 INCOMPLETE = "incomplete_series"  # the reason of a skipped job, or the flag of a measured one
 INTAKE_FLAGS = frozenset({INCOMPLETE})  # flags set here, before the method runs
 CUT_SHORT = "the transfer was cut short (an association ended without a release)"
@@ -82,6 +84,8 @@ class SeriesAssembler:
                 if not caller.exists():
                     caller.write_text(instance.calling_ae)
             pending.last_received = max(pending.last_received, instance.received_at)
+            if instance.association not in pending.associations:
+                (instance.path.parent / RECEIVING_FILE).touch()
             pending.associations.add(instance.association)
             pending.incomplete = None  # judged again when it is due
             self._open.add(instance.association)
@@ -92,6 +96,8 @@ class SeriesAssembler:
             for pending in self._pending.values():
                 if association in pending.associations:
                     pending.cut_short = not released
+                    if released and not pending.associations & self._open:
+                        self._folder(pending).joinpath(RECEIVING_FILE).unlink(missing_ok=True)
 
     # --- called by the node's loop ---------------------------------------------------------
 
@@ -117,8 +123,11 @@ class SeriesAssembler:
                 jobs.append(job)
         return jobs
 
+    def _folder(self, pending: _Pending) -> Path:
+        return self.settings.spool_dir / pending.study_uid / pending.series_uid
+
     def complete(self, pending: _Pending, quiet_s: float = 0.0) -> JobView | None:
-        folder = self.settings.spool_dir / pending.study_uid / pending.series_uid
+        folder = self._folder(pending)
         files = sorted(folder.glob("*.dcm"))
         if not files:
             return None
@@ -248,7 +257,8 @@ class SeriesAssembler:
             with self._lock:
                 self._pending.setdefault(series_uid, _Pending(
                     study_uid, series_uid, caller.read_text().strip() if caller.exists() else "",
-                    datetime.now(UTC) - timedelta(seconds=0), self.clock()))
+                    datetime.now(UTC) - timedelta(seconds=0), self.clock(),
+                    cut_short=(folder / RECEIVING_FILE).exists()))  # the node died mid-association
             count += 1
         if count:
             log.info("recovered %d spooled series that no job covers yet", count)
