@@ -75,6 +75,7 @@ NORMALITY: dict[str, Code] = {  # CID 222
 FLAG_MEANINGS: dict[str, str] = {
     "l1_not_found": "L1 not identified; LLA not measured",
     "s1_not_found": "S1 not identified; LLA not measured",
+    "levels_unconfirmed": "Levels unconfirmed: S1 cut by the image edge, may be off",
     "no_vertebrae_found": "No vertebral body found",
     "no_discs_found": "No intervertebral disc found",
     "canal_not_found": "Spinal canal not found",

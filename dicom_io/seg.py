@@ -6,12 +6,19 @@ back onto the source pixels (undoing the loader's transpose/flips) frame by fram
 SEG frame lies exactly on its source frame; highdicom copies the plane positions from the
 source images, so nothing is mirrored or shifted on sagittal or non-square-pixel series.
 
+Levels counted from an S1 the method could not confirm (quality flag `levels_unconfirmed`,
+pipeline.identify) are labelled so: "L5 (unconfirmed)", with a segment description saying why;
+levels it withheld (`s1_not_found`) are no level segment at all, only "Vertebra, level not
+identified".
+
 Choices that viewers need: every source frame is written for every segment, empty or not
 (omitting empty frames has shifted segments in OHIF), and ReferencedSeriesSequence names the
 source series (highdicom writes it; OHIF needs it).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -24,6 +31,9 @@ from dicom_io.series import Series
 from dicom_io.uids import ResultUIDs
 
 SEG_SERIES_DESCRIPTION = "Lumbar spine segmentation (lumbarnode)"
+UNCONFIRMED = "unconfirmed"
+UNCONFIRMED_DESCRIPTION = ("Level counted upward from an S1 seen only where the image edge cuts it; "
+                           "not confirmed as the sacrum, the levels may be off")
 
 # label value -> (segment label, property type, display colour RGB); segment order follows this
 STRUCTURES: dict[int, tuple[str, Code, tuple[int, int, int]]] = {
@@ -40,6 +50,14 @@ STRUCTURES: dict[int, tuple[str, Code, tuple[int, int, int]]] = {
     30: ("Intervertebral discs", codes.INTERVERTEBRAL_DISC, (0, 255, 255)),
     40: ("Spinal canal", codes.SPINAL_CANAL, (0, 90, 255)),
 }
+
+
+LEVEL_SEGMENTS = frozenset(STRUCTURES) - {19, 30, 40}  # the label values that name a level
+
+
+def levels_unconfirmed(flags: Sequence[str]) -> bool:
+    """Whether the levels were counted from an S1 the method could not confirm."""
+    return any(flag.partition(":")[0] == "levels_unconfirmed" for flag in flags)
 
 
 def segment_values(labels: np.ndarray) -> list[int]:
@@ -80,8 +98,12 @@ def build_segmentation(
     uids: ResultUIDs,
     producer: Producer = Producer(),
     series_number: int = 9901,
+    flags: Sequence[str] = (),
 ) -> hd.seg.Segmentation:
-    """A BINARY DICOM Segmentation of `labels` (canonical layout, values of pipeline.labels)."""
+    """A BINARY DICOM Segmentation of `labels` (canonical layout, values of pipeline.labels).
+
+    `flags`: the finding's quality flags; with `levels_unconfirmed` the level segments say so."""
+    unconfirmed = levels_unconfirmed(flags)
     sources, frames = source_frames(series, labels)
     values = segment_values(frames)
     if not values:
@@ -94,6 +116,9 @@ def build_segmentation(
     numbered = np.zeros(frames.shape, np.uint8)
     for number, value in enumerate(values, start=1):
         label, property_type, rgb = STRUCTURES[value]
+        level = value in LEVEL_SEGMENTS
+        if unconfirmed and level:
+            label = f"{label} ({UNCONFIRMED})"
         numbered[frames == value] = number
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number,
@@ -107,6 +132,8 @@ def build_segmentation(
             anatomic_regions=[codes.LUMBAR_SPINE],
             display_color=hd.color.CIELabColor.from_rgb(*rgb),
         ))
+        if unconfirmed and level:
+            descriptions[-1].SegmentDescription = UNCONFIRMED_DESCRIPTION
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=numbered,

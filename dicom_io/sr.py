@@ -12,7 +12,9 @@ well as 3-D ones. The content:
   Without an L1 or S1 the group has no angle and no region; its flags say why (never a
   number that was not measured).
 - Measurement group "Deteclordose second opinion": the CNN class and its probability.
-- One volumetric group per identified level, referencing its segment in the SEG.
+- One volumetric group per identified level, referencing its segment in the SEG; with levels
+  counted from an S1 that could not be confirmed (`levels_unconfirmed`) its identifier says
+  "(unconfirmed)" and it carries that flag. Levels withheld (`s1_not_found`) have no group.
 - Every group names its algorithm with version and the SHA-256 of the weights.
 """
 
@@ -24,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io import codes
 from dicom_io.results import Algorithm, LordosisFinding, Producer
+from dicom_io.seg import levels_unconfirmed
 from dicom_io.series import Series
 from dicom_io.uids import ResultUIDs
 
@@ -113,13 +116,16 @@ def _cnn_group(finding: LordosisFinding, image: Dataset, frame: int | None,
 def _segment_groups(series: Series, finding: LordosisFinding, seg: Dataset,
                     uids: ResultUIDs) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     groups = []
+    unconfirmed = [flag for flag in finding.flags if levels_unconfirmed([flag])]
+    suffix = " (unconfirmed)" if unconfirmed else ""
+    evaluations = [hd.sr.QualitativeEvaluation(codes.QUALITY_FLAG, codes.flag_code(flag)) for flag in unconfirmed]
     for segment in seg.SegmentSequence:
         level = str(segment.SegmentLabel).split()[0]
         if level not in finding.levels:
             continue
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.derive_more("tracking", "segment", level),
-                                                         identifier=f"{level} vertebra"),
+                                                         identifier=f"{level} vertebra{suffix}"),
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
                 segment_number=int(segment.SegmentNumber),
@@ -127,6 +133,7 @@ def _segment_groups(series: Series, finding: LordosisFinding, seg: Dataset,
             finding_type=codes.LEVEL_CODES[level],
             algorithm_id=_algorithm_id(finding.segmentation),
             finding_sites=[hd.sr.FindingSite(codes.LEVEL_CODES[level])],
+            qualitative_evaluations=evaluations or None,
         ))
     return groups
 

@@ -245,3 +245,56 @@ def test_a_disc_drawn_as_something_else_does_not_turn_the_endplate_below_it():
     endplate = superior_endplates(found, SPACING)["L3"]
     assert abs(endplate.direction_mm[1]) < 0.02  # level, square to the column
 
+
+
+def _cut_through(classes: np.ndarray, level: str, share: float) -> np.ndarray:
+    """The map with every row below `share` of `level`'s height removed (a smaller field of view)."""
+    rows = identify(classes, SPACING).bodies[level].mask.nonzero()[0]
+    return classes[:int(rows.min() + share * (rows.max() - rows.min())) + 1]
+
+
+@pytest.mark.parametrize("level, share", [("L4", 0.5), ("L3", 1.0), ("L5", 0.7)])
+def test_a_lumbar_body_cut_by_the_bottom_of_the_image_is_not_taken_for_s1(level, share):
+    # issue 25: a view ending in L4 was labelled upward from L4 as S1 (L2..S1 on T11..L3)
+    found = identify(_cut_through(spine(7), level, share), SPACING)
+    assert found.bodies == {}
+    assert {"s1_not_found", "l1_not_found"} <= set(found.flags)
+    assert len(found.unidentified) >= 5
+
+
+def _sacral_top_in_view(tilt_deg: float, sacrum_rows: int = 30) -> np.ndarray:
+    """spine(5) whose view ends `sacrum_rows` below the top of S1, the lowest disc and the top
+    of the sacrum tilted by tilt_deg, anterior end lower (the sacral base facing forward)."""
+    classes = spine(5)
+    l5_bottom = int(identify(classes, SPACING).bodies["L5"].mask.nonzero()[0].max())
+    top = l5_bottom + 10  # the sacral surface at its posterior end
+    classes = classes[:top + sacrum_rows].copy()
+    front = classes[l5_bottom + 1:, :115]
+    front[front != CANAL] = 0
+    drop = np.tan(np.radians(tilt_deg))
+    for col in range(40, 111):
+        surface = top + int(round((110 - col) * drop)) - (l5_bottom + 1)
+        if 45 <= col <= 105:
+            front[max(surface - 8, 0):surface, col] = DISC
+        front[surface:, col] = VERTEBRA
+    return classes
+
+
+def test_a_sacrum_seen_only_at_its_top_keeps_its_levels_flagged_unconfirmed():
+    # MyoSegmenTUM's view ends 20-40 mm into S1: only the tilt of its top tells it from L5
+    found = identify(_sacral_top_in_view(28.0), SPACING)
+    assert list(found.bodies) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    assert found.bodies["S1"].mask[-1].any()  # cut by the bottom of the image
+    assert "levels_unconfirmed" in found.flags
+
+
+def test_a_body_cut_by_the_bottom_with_a_flat_top_is_no_sacrum_whatever_its_disc():
+    found = identify(_sacral_top_in_view(0.0), SPACING)
+    assert found.bodies == {} and "s1_not_found" in found.flags
+
+
+def test_a_sacrum_seen_whole_or_tall_is_s1_without_a_doubt():
+    for classes in (spine(5), spine(6, sacrum_height=30), _cut_through(spine(5), "S1", 0.6)):
+        found = identify(classes, SPACING)
+        assert "S1" in found.bodies and "L5" in found.bodies
+        assert "levels_unconfirmed" not in found.flags and "s1_not_found" not in found.flags

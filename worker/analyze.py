@@ -96,6 +96,9 @@ def run(path: Path, models: Models, settings: Settings,
     return measure(slices, models, settings)
 
 
+NO_COLUMN = frozenset({"no_vertebrae_found", "no_discs_found", "canal_not_found"})
+
+
 def measure(slices: Slices, models: Models, settings: Settings) -> Measured:
     """Segment every slice, measure on the best one, add the CNN's opinion."""
     started = time.perf_counter()
@@ -106,7 +109,9 @@ def measure(slices: Slices, models: Models, settings: Settings) -> Measured:
     analysis = analyze(class_maps, slices.spacing, probabilities, config)
     measured = time.perf_counter()
     timings = {"inference_s": segmented - started, "measurement_s": measured - segmented}
-    if not analysis.vertebrae:
+    if not analysis.vertebrae and not NO_COLUMN.isdisjoint(analysis.flags):
+        # nothing like a spine: no result objects at all. A column seen whose levels were withheld
+        # (no sacrum in view) goes on: its SEG shows the bodies unlabelled and its SR says why.
         result = refusal("no spine found: no vertebral body was identified", models, analysis.flags)
         return Measured(result, analysis, slices, class_maps, timings)
     if models.classifier is not None:

@@ -130,10 +130,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         lla = "not measured" if result["lla_deg"] is None else f"{result['lla_deg']:.1f} deg ({result['class']})"
         print(f"LLA {lla}; CNN {result['cnn_class']}; slice {result['slice_index']}; "
-              f"levels {' '.join(result['vertebrae'])}")
+              f"levels {_levels(result)}")
         if result["flags"]:
             print("flags: " + ", ".join(result["flags"]))
     return code
+
+
+def _levels(result: dict) -> str:
+    return " ".join(result["vertebrae"]) or "none identified"
 
 
 def cmd_process(args: argparse.Namespace) -> int:
@@ -159,7 +163,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         print(f"refused: {result['refused']} (no DICOM written; {written[-1]})", file=sys.stderr)
         return outputs.code
     lla = "not measured" if result["lla_deg"] is None else f"{result['lla_deg']:.1f} deg ({result['class']})"
-    print(f"LLA {lla}; CNN {result['cnn_class']}; levels {' '.join(result['vertebrae'])}")
+    print(f"LLA {lla}; CNN {result['cnn_class']}; levels {_levels(result)}")
     if result["flags"]:
         print("flags: " + ", ".join(result["flags"]))
     for path in written:

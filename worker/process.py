@@ -82,7 +82,8 @@ def process_loaded(series: Series, models: Models, settings: Settings, intake_fl
     producer = Producer(institution_name=settings.institution_name or None)
     base = _series_number_base(series)
     labels = series_label_volume(measured.class_maps, analysis.slice_index, analysis.label_map)
-    seg = build_segmentation(series, labels, finding.segmentation, uids, producer, series_number=base + 1)
+    seg = build_segmentation(series, labels, finding.segmentation, uids, producer, series_number=base + 1,
+                             flags=finding.flags)
     datasets = {"seg": seg, "sr": build_report(series, finding, uids, seg, producer, series_number=base + 2)}
     picture = cv2.cvtColor(analyze.overlay(analysis, measured.slices, notice=KEY_IMAGE_NOTICE), cv2.COLOR_BGR2RGB)
     if settings.key_image:
