@@ -17,12 +17,13 @@ from bench.common import (DCMTK_ENV, command_line, descendants, free_port, peak_
                           tool, wait_for, wait_for_port)
 from db import JobStore
 from dicom_io.scu import send_files
+from tests.local_services import postgres_url, redis_url
 from training.phantom import PhantomParams
 from training.studies import write_phantom_study
 from worker.settings import Settings
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/8"
+POSTGRES_URL = postgres_url()  # what scripts/start-services.sh set up
+REDIS_URL = redis_url(8)
 
 
 class Site:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.local_services import postgres_url, redis_url
 from training.real_data import shared_data_dir
 
 
@@ -34,21 +35,8 @@ def require_tool(name: str) -> str:
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's DCMTK leaves Nagle on otherwise (~45 ms per instance)
 
 
-def _test_postgres_url() -> str:
-    """LUMBARNODE_TEST_POSTGRES_URL if set; else the URL that scripts/start-services.sh wrote
-    (a test-only role with a generated password, so that a stock Debian PostgreSQL, which asks
-    for passwords over TCP, lets the tests in); else the trusting local server of old."""
-    if url := os.environ.get("LUMBARNODE_TEST_POSTGRES_URL"):
-        return url
-    url_file = Path(os.environ.get("LUMBARNODE_TEST_POSTGRES_URL_FILE",
-                                   Path(__file__).resolve().parents[1] / "build" / "test-postgres.url"))
-    if url_file.is_file() and (url := url_file.read_text().strip()):
-        return url
-    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-POSTGRES_URL = _test_postgres_url()
-REDIS_URL = os.environ.get("LUMBARNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = postgres_url()
+REDIS_URL = redis_url()
 
 
 def free_port() -> int:
