@@ -57,6 +57,13 @@ COBB_METHOD = private("COBB-L1S1-SUP", "Cobb L1-S1 superior endplates")
 LORDOSIS_CLASS = private("LORDOSIS-CLASS", "Lumbar lordosis class")
 CNN_LORDOSIS_CLASS = private("CNN-LORDOSIS", "Lumbar lordosis class by CNN (second opinion)")
 QUALITY_FLAG = private("QUALITY-FLAG", "Quality flag")
+COMMENT = codes.DCM.Comment  # 121106: the readable sentences OHIF lists with a measurement
+IMAGE_REGION = codes.DCM.ImageRegion  # 111030
+SOURCE_IMAGE = codes.DCM.SourceImage  # 121324
+# How OHIF's tools name their measurement groups (@cornerstonejs/adapters): OHIF makes its own
+# editable Cobb angle, or arrow with text, of a group whose tracking identifier starts so.
+OHIF_COBB_ANGLE_TRACKING = "Cornerstone3DTools@^0.1.0:CobbAngle"
+OHIF_ARROW_TRACKING = "Cornerstone3DTools@^0.1.0:ArrowAnnotate"
 
 CLASS_CODES: dict[str, Code] = {
     "hypolordosis": private("HYPOLORDOSIS", "Hypolordosis"),

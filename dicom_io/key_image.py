@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io.results import LordosisFinding, Producer
 from dicom_io.series import Series
+from dicom_io.study import copy_study
 from dicom_io.uids import ResultUIDs
 
 KEY_IMAGE_SERIES_DESCRIPTION = "Lumbar lordosis key image, not for diagnosis (lumbarnode)"
@@ -58,6 +59,7 @@ def build_key_image(
         f"class burned in ({finding.segmentation.name} {finding.segmentation.version})")[:1024]
     image.SourceImageSequence = [_source_reference(source, finding.measured_slice.frame_number)]
     producer.stamp(image)
+    copy_study(source, image)
     return image
 
 

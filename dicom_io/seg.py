@@ -28,6 +28,7 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 from dicom_io.results import Algorithm, Producer
 from dicom_io.series import Series
+from dicom_io.study import copy_study
 from dicom_io.uids import ResultUIDs
 
 SEG_SERIES_DESCRIPTION = "Lumbar spine segmentation (lumbarnode)"
@@ -35,20 +36,23 @@ UNCONFIRMED = "unconfirmed"
 UNCONFIRMED_DESCRIPTION = ("Level counted upward from an S1 seen only where the image edge cuts it; "
                            "not confirmed as the sacrum, the levels may be off")
 
-# label value -> (segment label, property type, display colour RGB); segment order follows this
+# label value -> (segment label, property type, display colour RGB); segment order follows this.
+# Neighbouring levels get colours of different hue and lightness (Trubetskoy's 20 distinct
+# colours), every two structures at least 30 apart in CIELab (CIE76), neighbouring levels 44:
+# in OHIF, T11..L3 in shades of red could not be told apart (issue 19).
 STRUCTURES: dict[int, tuple[str, Code, tuple[int, int, int]]] = {
-    11: ("T11", codes.LEVEL_CODES["T11"], (255, 120, 120)),
-    12: ("T12", codes.LEVEL_CODES["T12"], (220, 80, 80)),
-    20: ("L1", codes.LEVEL_CODES["L1"], (255, 60, 60)),
-    21: ("L2", codes.LEVEL_CODES["L2"], (255, 160, 0)),
-    22: ("L3", codes.LEVEL_CODES["L3"], (230, 230, 0)),
-    23: ("L4", codes.LEVEL_CODES["L4"], (60, 220, 60)),
-    24: ("L5", codes.LEVEL_CODES["L5"], (0, 160, 220)),
-    25: ("L6 (transitional)", codes.LEVEL_CODES["L6"], (160, 80, 200)),
-    26: ("S1 / sacrum", codes.LEVEL_CODES["S1"], (200, 0, 200)),
-    19: ("Vertebra, level not identified", codes.VERTEBRA, (150, 150, 150)),
-    30: ("Intervertebral discs", codes.INTERVERTEBRAL_DISC, (0, 255, 255)),
-    40: ("Spinal canal", codes.SPINAL_CANAL, (0, 90, 255)),
+    11: ("T11", codes.LEVEL_CODES["T11"], (128, 128, 0)),  # olive
+    12: ("T12", codes.LEVEL_CODES["T12"], (0, 128, 128)),  # teal
+    20: ("L1", codes.LEVEL_CODES["L1"], (230, 25, 75)),  # red
+    21: ("L2", codes.LEVEL_CODES["L2"], (245, 130, 48)),  # orange
+    22: ("L3", codes.LEVEL_CODES["L3"], (255, 225, 25)),  # yellow
+    23: ("L4", codes.LEVEL_CODES["L4"], (60, 180, 75)),  # green
+    24: ("L5", codes.LEVEL_CODES["L5"], (0, 130, 200)),  # blue
+    25: ("L6 (transitional)", codes.LEVEL_CODES["L6"], (0, 0, 128)),  # navy
+    26: ("S1 / sacrum", codes.LEVEL_CODES["S1"], (240, 50, 230)),  # magenta
+    19: ("Vertebra, level not identified", codes.VERTEBRA, (128, 128, 128)),  # grey
+    30: ("Intervertebral discs", codes.INTERVERTEBRAL_DISC, (70, 240, 240)),  # cyan
+    40: ("Spinal canal", codes.SPINAL_CANAL, (220, 190, 255)),  # lavender
 }
 
 
@@ -153,4 +157,5 @@ def build_segmentation(
         omit_empty_frames=False,
     )
     producer.stamp(seg)
+    copy_study(sources[0], seg)
     return seg

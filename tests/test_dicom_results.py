@@ -267,42 +267,52 @@ def test_dsrdump_shows_the_angle_where_a_tid_1500_reader_looks(built):
     assert f'"weights_sha256={UNET.sha256}"' in text
 
 
+def _texts(item) -> list[str]:
+    found = [str(item.TextValue)] if "TextValue" in item else []
+    return found + [text for child in item.get("ContentSequence", []) for text in _texts(child)]
+
+
+def _comments(items) -> list[str]:
+    return [str(i.TextValue) for i in items if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+
+
 def test_highdicom_reads_back_the_angle_class_lines_and_references(built):
     series, paths, _ = built
     sr = hd.sr.srread(paths["sr"])
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert sr.StudyInstanceUID == series.study_instance_uid and sr.PatientID == PATIENT.id
     report = sr.content
-    [group] = report.get_planar_roi_measurement_groups()
+    # one group, with image coordinates: OHIF fails to open a report with a group that has none
+    assert report.get_planar_roi_measurement_groups() == report.get_volumetric_roi_measurement_groups() == []
+    [group] = report.get_image_measurement_groups()
     assert group.tracking_uid and "Lumbar lordosis angle" in group.tracking_identifier
+    assert group.tracking_identifier.startswith(codes.OHIF_COBB_ANGLE_TRACKING)  # OHIF's editable Cobb angle
     [angle] = group.get_measurements(name=pydicom_codes.SCT.CobbAngle)
     assert angle.value == pytest.approx(47.0)
     assert angle.unit.value == "deg" and angle.unit.scheme_designator == "UCUM"
-    evaluations = {e.name.value: e.value for e in group.get_qualitative_evaluations()}
-    assert evaluations["LORDOSIS-CLASS"].value == "NORMOLORDOSIS"
+    evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+    assert evaluations["LORDOSIS-CLASS"] == "NORMOLORDOSIS" and evaluations["CNN-LORDOSIS"] == "NORMOLORDOSIS"
     flags = [e.value.value for e in group.get_qualitative_evaluations(name=codes.QUALITY_FLAG)]
     assert flags == ["endplate_fit_poor:L1"]
-    region = group.roi
-    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    # the two endplates, nested under the angle as OHIF's Cobb angle tool writes them
+    [lines] = angle.referenced_coordinates
+    assert lines.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
     # (column, row) + 0.5 of the L1 then S1 endplate ends, on the measured source image
-    np.testing.assert_allclose(region.value, [[4.5, 5.5], [20.5, 7.0], [12.5, 50.5], [30.0, 44.5]], atol=1e-4)
-    source = region.ContentSequence[0].ReferencedSOPSequence[0]
+    np.testing.assert_allclose(lines.value, [[4.5, 5.5], [20.5, 7.0], [12.5, 50.5], [30.0, 44.5]], atol=1e-4)
+    source = lines.ContentSequence[0].ReferencedSOPSequence[0]
     assert source.ReferencedSOPInstanceUID == series.slices[1].sop_instance_uid
-    # the second opinion
-    [cnn] = report.get_image_measurement_groups()
-    [probability] = cnn.get_measurements(name=pydicom_codes.DCM.Probability)
+    # the second opinion: its probability names the classifier's own weights
+    [probability] = group.get_measurements(name=pydicom_codes.DCM.Probability)
     assert probability.value == pytest.approx(0.7)
-    assert cnn.get_qualitative_evaluations()[0].value.value == "NORMOLORDOSIS"
-    # the levels, each pointing at its segment in the SEG
+    assert f"weights_sha256={CNN.sha256}" in _texts(probability[0])
+    # what OHIF shows: sentences, not codes
+    assert _comments(group[0].ContentSequence) == [
+        "L1-S1 lordosis: normal",  # OHIF's label of the angle
+        "LLA 47.0 deg (hypolordosis below 39 deg, hyperlordosis from 53 deg)",
+        "Deteclordose second opinion: normal (probability 0.70)",
+        "Flag: Poor endplate fit: L1"]
+    # the levels are the SEG's, which the report lists in its evidence
     seg = pydicom.dcmread(paths["seg"])
-    volumetric = report.get_volumetric_roi_measurement_groups()
-    assert [g.tracking_identifier for g in volumetric] == ["L1 vertebra", "S1 vertebra"]
-    numbers = segment_numbers(seg)
-    for group, label in zip(volumetric, ("L1", "S1 / sacrum")):
-        reference = group.referenced_segment
-        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
-        assert list(reference.referenced_segment_numbers) == [numbers[label]]
-        assert reference.source_series_for_segmentation.value == series.series_instance_uid
     evidence = {item.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for series_item in s.ReferencedSeriesSequence for item in series_item.ReferencedSOPSequence}
     assert seg.SOPInstanceUID in evidence
@@ -319,12 +329,22 @@ def test_sr_without_l1_has_no_angle_and_says_why(tmp_path, built):
     assert errors == []
     report = hd.sr.srread(tmp_path / "sr.dcm").content
     assert report.get_planar_roi_measurement_groups() == []
-    groups = report.get_image_measurement_groups()
-    lla_group = next(g for g in groups if "Lumbar lordosis angle" in g.tracking_identifier)
-    assert lla_group.get_measurements() == []
-    assert [e.value.value for e in lla_group.get_qualitative_evaluations(name=codes.QUALITY_FLAG)] == ["l1_not_found"]
+    [group] = report.get_image_measurement_groups()  # OHIF opens no report without an annotated image
+    assert "Lumbar lordosis angle" in group.tracking_identifier
+    assert group.tracking_identifier.startswith(codes.OHIF_ARROW_TRACKING)
+    assert group.get_measurements() == []
+    values = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+    assert values == {"QUALITY-FLAG": "l1_not_found", "CNN-LORDOSIS": "NORMOLORDOSIS"}
+    # the arrow points at the S1 endplate that was found, on the measured image
+    [point] = [i for i in group[0].ContentSequence if i.ValueType == "SCOORD"]
+    assert point.GraphicType == "POINT"
+    np.testing.assert_allclose(point.GraphicData, [(12.0 + 29.5) / 2 + 0.5, (50.0 + 44.0) / 2 + 0.5])
+    assert point.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == series.slices[1].sop_instance_uid
+    comments = _comments(group[0].ContentSequence)
+    assert comments[0] == "LLA not measured: L1 not identified"  # OHIF's label of the arrow
+    assert "Flag: L1 not identified; LLA not measured" in comments
     text = subprocess.run([require_tool("dsrdump"), str(tmp_path / "sr.dcm")], capture_output=True, text=True).stdout
-    assert "NUM" not in text.split("Deteclordose")[0]  # no number before the second-opinion group
+    assert "NUM" not in text and "POLYLINE" not in text  # never a number or a line that was not measured
 
 
 def test_endplate_polyline_is_l1_then_s1_in_column_row_order_at_pixel_centres():
@@ -369,3 +389,32 @@ def test_uids_under_an_organisation_root_are_valid_uids():
     for bad in ("1.02.3", "abc", "1..2", "1." + "2" * 45):
         with pytest.raises(ValueError):
             check_root(bad)
+
+
+# --- the study as a whole ------------------------------------------------------------------
+
+def test_every_segment_colour_is_told_apart_from_every_other():
+    """Issue 19: T11..L3 came out as near-identical reds in OHIF. CIE76 distance between the
+    display colours of any two segments at least 30 (about 2 is 'just noticeable')."""
+    levels = STRUCTURES
+    lab = {value: np.array(hd.color.CIELabColor.from_rgb(*rgb).lab) for value, (_, _, rgb) in levels.items()}
+    for (a, la), (b, lb) in itertools.combinations(lab.items(), 2):
+        distance = float(np.linalg.norm(la - lb))
+        assert distance >= 30, f"{levels[a][0]} and {levels[b][0]} differ by only {distance:.1f} (CIE76)"
+
+
+def test_series_and_results_describe_the_patient_and_study_the_same_way(built):
+    """dcentvfy (dicom3tools) over the source series, the SEG, the SR and the key image: no
+    attribute of the patient or the study present in one and absent or different in another.
+    Its only other remark, AccessionNumber's information entity (Series in the SC/SEG/MR
+    dictionaries, Study in the SR's), is about its dictionaries, not about our values."""
+    _, paths, _ = built
+    mr = sorted(paths["seg"].parent.joinpath("mr").glob("*.dcm"))
+    files = [str(p) for p in (*mr, *paths.values())]
+    out = subprocess.run([require_tool("dcentvfy"), *files], capture_output=True, text=True)
+    remarks = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    inconsistent = [line for line in remarks if "Different information entities for attribute" not in line]
+    assert inconsistent == [], "\n".join(inconsistent)
+    key = pydicom.dcmread(paths["key"], stop_before_pixels=True)
+    source = pydicom.dcmread(mr[0], stop_before_pixels=True)
+    assert key.StudyDescription == source.StudyDescription

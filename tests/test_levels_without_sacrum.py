@@ -132,13 +132,11 @@ def test_without_the_sacrum_in_view_process_writes_no_level_in_the_seg_and_says_
     flag_codes = {str(i.ConceptCodeSequence[0].CodeValue) for i in items if "ConceptCodeSequence" in i
                   and i.ConceptNameCodeSequence[0].CodeValue == "QUALITY-FLAG"}
     assert flag_codes & WITHHELD_OR_UNCONFIRMED, flag_codes
-    level_groups = [str(i.TextValue) for i in items if "TextValue" in i
-                    and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"
-                    and str(i.TextValue).endswith(("vertebra", "(unconfirmed)"))]
-    if "levels_unconfirmed" in flags:
-        assert level_groups and all(g.endswith("(unconfirmed)") for g in level_groups), level_groups
-    else:
-        assert level_groups == [], level_groups
+    comments = [str(i.TextValue) for i in items if i.get("ValueType") == "TEXT"
+                and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    # what OHIF shows: the SR says in words why the levels are missing or not sure
+    reason = "Flag: Levels unconfirmed" if "levels_unconfirmed" in flags else "Flag: S1 not identified"
+    assert any(c.startswith(reason) for c in comments), comments
     if "levels_unconfirmed" not in flags:  # no Cobb angle between levels that were not identified
         assert not any(i.get("ValueType") == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "285285000"
                        for i in items)
@@ -158,6 +156,7 @@ def test_the_whole_study_still_gets_l1_to_s1(study):
 def test_seg_and_sr_say_unconfirmed_on_every_level_when_the_flag_is_set(tmp_path):
     import highdicom as hd
 
+    from dicom_io import codes
     from dicom_io.seg import build_segmentation
     from dicom_io.series import load_series
     from dicom_io.sr import build_report
@@ -185,11 +184,10 @@ def test_seg_and_sr_say_unconfirmed_on_every_level_when_the_flag_is_set(tmp_path
     assert "SegmentDescription" not in by_label["Spinal canal"]
 
     sr = hd.sr.srread(tmp_path / "sr.dcm")
-    groups = sr.content.get_volumetric_roi_measurement_groups()
-    assert sorted(str(g.tracking_identifier) for g in groups) == ["L1 vertebra (unconfirmed)",
-                                                                   "S1 vertebra (unconfirmed)"]
-    for group in groups:
-        values = [e.value.value for e in group.get_qualitative_evaluations()]
-        assert values == ["levels_unconfirmed"]
+    [group] = sr.content.get_image_measurement_groups()
+    flags_in_sr = [e.value.value for e in group.get_qualitative_evaluations(name=codes.QUALITY_FLAG)]
+    assert flags_in_sr == list(flags)
+    assert "Flag: Levels unconfirmed: S1 cut by the image edge, may be off" in [
+        str(i.TextValue) for i in group[0].ContentSequence if i.ValueType == "TEXT"]
     plain = build_segmentation(series, labels, UNET, uids)  # no flag: the labels as before
     assert {str(s.SegmentLabel) for s in plain.SegmentSequence} == {"L1", "S1 / sacrum", "Spinal canal"}

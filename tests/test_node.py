@@ -117,7 +117,7 @@ def test_a_study_sent_by_storescu_comes_back_as_seg_sr_and_key_image(node, pacs,
     for uid in (job.seg_sop_instance_uid, job.sr_sop_instance_uid, job.key_sop_instance_uid):
         assert at_pacs[uid].StudyInstanceUID == study.truth["study_instance_uid"]
     sr = hd.sr.Comprehensive3DSR.from_dataset(at_pacs[job.sr_sop_instance_uid])
-    [group] = sr.content.get_planar_roi_measurement_groups()
+    [group] = sr.content.get_image_measurement_groups()
     [angle] = group.get_measurements(name=pydicom_codes.SCT.CobbAngle)
     assert angle.value == pytest.approx(job.lla_deg, abs=0.005)
     assert Path(job.results_dir, "overlay.png").is_file()

@@ -145,7 +145,7 @@ def test_a_study_pushed_from_orthanc_gains_seg_sr_and_key_image(site, real_study
     sr = pydicom.dcmread(DicomBytesIO(orthanc.get(f"/instances/{sr_instance['ID']}/file")))
     assert sr.SOPInstanceUID == job.sr_sop_instance_uid
     report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
-    [group] = report.get_planar_roi_measurement_groups()
+    [group] = report.get_image_measurement_groups()
     [angle] = group.get_measurements(name=pydicom_codes.SCT.CobbAngle)
     assert angle.value == pytest.approx(job.lla_deg, abs=0.005)
     # the SEG is in the same study and frame of reference, and DICOMweb serves it to viewers

@@ -51,12 +51,24 @@ def test_process_writes_valid_seg_sr_and_key_image(processed):
     assert errors == [] and all(PRIVATE_SCHEME_WARNING in w for w in warnings)
 
 
+def test_the_series_and_its_results_are_one_consistent_study_for_dcentvfy(processed, study):
+    """dicom3tools' dcentvfy over the source series and what `process` wrote: no patient or
+    study attribute present in one object and absent or different in another (the key image
+    lacked StudyDescription). Its remark on AccessionNumber's information entity is about its
+    own per-IOD dictionaries, not our values (tests/test_dicom_results.py)."""
+    _, out = processed
+    files = [*sorted(study.dicom_dir.glob("*.dcm")), out / "seg.dcm", out / "sr.dcm", out / "key.dcm"]
+    done = subprocess.run([require_tool("dcentvfy"), *map(str, files)], capture_output=True, text=True)
+    remarks = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert [r for r in remarks if "Different information entities for attribute" not in r] == []
+
+
 def test_sr_angle_and_class_are_those_of_result_json_and_close_to_the_truth(processed, study):
     _, out = processed
     result = json.loads((out / "result.json").read_text())
     assert abs(result["lla_deg"] - study.truth["lla_deg"]) < 3.0
     sr = hd.sr.srread(out / "sr.dcm")
-    [group] = sr.content.get_planar_roi_measurement_groups()
+    [group] = sr.content.get_image_measurement_groups()
     [angle] = group.get_measurements(name=pydicom_codes.SCT.CobbAngle)
     assert angle.value == pytest.approx(result["lla_deg"], abs=0.005)
     classes = {"hypolordosis": "HYPOLORDOSIS", "normal": "NORMOLORDOSIS", "hyperlordosis": "HYPERLORDOSIS"}
@@ -64,8 +76,9 @@ def test_sr_angle_and_class_are_those_of_result_json_and_close_to_the_truth(proc
     assert evaluations["LORDOSIS-CLASS"] == classes[result["class"]]
     # the polyline is the JSON's L1 and S1 endplates, (col, row) at pixel centres, on the measured image
     ends = [p for level in ("L1", "S1") for p in result["vertebrae"][level]["superior_endplate"]]
-    np.testing.assert_allclose(group.roi.value, [[c + 0.5, r + 0.5] for r, c in ends], atol=0.02)
-    image = group.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    [lines] = angle.referenced_coordinates  # nested under the angle, as OHIF's Cobb angle tool writes it
+    np.testing.assert_allclose(lines.value, [[c + 0.5, r + 0.5] for r, c in ends], atol=0.02)
+    image = lines.ContentSequence[0].ReferencedSOPSequence[0]
     assert image.ReferencedSOPInstanceUID == result["sop_instance_uid"]
     assert result["outputs"]["sr"]["sop_instance_uid"] == sr.SOPInstanceUID
     model = result["model"]
