@@ -8,13 +8,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: demo test train bench reliability install system-deps services clean
+.PHONY: demo test train bench reliability install system-deps services viewer clean
 
 demo: install
 	$(BIN)/lumbarnode demo
 
 # pytest's exit code 5 means no tests were collected: that is a failure, not a pass.
-test: install system-deps services
+test: install system-deps services viewer
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$code
 
@@ -57,6 +57,11 @@ system-deps:
 
 services:
 	bash scripts/start-services.sh
+
+# The OHIF Viewer that tests/viewer drives and compose serves: @ohif/app's built dist/, pinned,
+# in build/ohif/ with compose/ohif/app-config.js (fetched once from the npm registry).
+viewer:
+	bash scripts/install-viewer.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

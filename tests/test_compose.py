@@ -750,3 +750,23 @@ def test_worker_health_check_pings_this_hosts_celery_worker_through_the_broker(t
     unreachable = run_healthcheck("worker", "--timeout", "2",
                                   env={**env, "LUMBARNODE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
     assert unreachable.returncode == 1 and "broker not reachable" in unreachable.stdout
+
+
+def test_the_sites_viewer_is_the_ohif_build_and_configuration_the_viewer_tests_drive():
+    """compose's viewer serves build/ohif (scripts/install-viewer.sh: the pinned @ohif/app with
+    compose/ohif/app-config.js, what tests/viewer opens) on loopback, with DICOMweb forwarded
+    to Orthanc at the paths app-config.js names, on the same origin."""
+    from tests.viewer.harness import OHIF_VERSION
+
+    viewer = load(MAIN)["services"]["viewer"]
+    assert "../build/ohif:/usr/share/nginx/html:ro" in viewer["volumes"]
+    assert published(viewer) == [("127.0.0.1", "3000", "80")]
+    install = (ROOT / "scripts" / "install-viewer.sh").read_text()
+    assert f"OHIF_VERSION={OHIF_VERSION}\n" in install and "compose/ohif/app-config.js" in install
+    config = (COMPOSE / "ohif" / "app-config.js").read_text()
+    roots = set(re.findall(r"(?:wadoUriRoot|qidoRoot|wadoRoot): '([^']+)'", config))
+    assert roots == {"/dicom-web", "/wado"}
+    nginx = (COMPOSE / "ohif" / "nginx.conf").read_text()
+    forwarded = dict(re.findall(r"location (\S+) \{\s*proxy_pass (\S+);", nginx))
+    assert forwarded == {"/dicom-web/": "http://orthanc:8042", "/wado": "http://orthanc:8042"}
+    assert load(MAIN)["services"]["orthanc"]["environment"]["OHIF_PLUGIN_ENABLED"] == "false"  # one viewer
