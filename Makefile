@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: demo test train bench reliability install system-deps services viewer clean
+.PHONY: demo test train bench accuracy reliability install system-deps services viewer clean
 
 demo: install
 	$(BIN)/lumbarnode demo
@@ -36,6 +36,12 @@ train: install
 bench: install system-deps services
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Accuracy through the product: analyze on the validation patients' real data (wrapped volumes as
+# DICOM series, SPIDER slices as PNG), beside `lumbarnode evaluate`'s figures when
+# ACCURACY_ARGS="--evaluate build/eval/metrics.json". About 1 minute; needs ../shared/data.
+accuracy: install
+	$(BIN)/python -m bench.accuracy $(ACCURACY_ARGS)
 
 # Faults, load and fuzzing with the figures table (10,000 fuzz cases; `make test` runs 300).
 reliability: install system-deps services

@@ -96,6 +96,7 @@ FLAG_MEANINGS: dict[str, str] = {
     "l1_endplate_at_field_of_view_edge": "L1 endplate within 5 mm of the image edge",
     "anterior_on_the_right": "Anterior on the right; mirrored to measure",
     "implausible_angle": "Implausible angle",
+    "kyphotic_angle": "Negative L1-S1 angle (kyphosis): check the levels and the image orientation",
     "lla_differs_on_neighbouring_slices": "LLA differs on neighbouring slices",
     "measured_off_midline": "Measured on a slice off the midline",
     "endplate_fit_poor": "Poor endplate fit",

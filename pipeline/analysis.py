@@ -189,6 +189,10 @@ def analyze(
         low, high = config.plausible_lla_deg
         if not low <= lla <= high:
             flags.append("implausible_angle")
+        if lla < 0:
+            # the endplates open anteriorly: a kyphotic lumbar spine, or levels or orientation wrong;
+            # never silently one more hypolordosis (issue 20)
+            flags.append("kyphotic_angle")
         if any(abs(n - lla) > config.max_neighbour_spread_deg for n in neighbours):
             flags.append("lla_differs_on_neighbouring_slices")
     for level in ("L1", "S1"):

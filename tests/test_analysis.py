@@ -189,3 +189,15 @@ def test_a_soft_body_keeps_its_neighbours_out_and_an_unsure_body_whole():
     edge = np.zeros((1, 2, 4), np.float32)
     edge[0, 0], edge[0, 1] = (0.1, 0.45, 0.45, 0.0), (0.2, 0.4, 0.1, 0.3)
     assert vertebra_share(edge)[0, 0] == pytest.approx(0.5) and vertebra_share(edge)[0, 1] > 0.5
+
+
+def test_a_kyphotic_angle_is_reported_negative_and_flagged():
+    """Issue 20: a negative L1-S1 angle was reported as one more 'hypolordosis'. A phantom bent
+    the other way keeps its sign and says so; a lordotic one carries no such flag."""
+    kyphotic = make_phantom(PhantomParams(lla_deg=-8.0, seed=4, slices=7))
+    spacing = (kyphotic.params.row_spacing_mm, kyphotic.params.col_spacing_mm)
+    result = analyze(classes_of(kyphotic.labels), spacing)
+    assert result.lla_deg == pytest.approx(-8.0, abs=1.0)
+    assert "kyphotic_angle" in result.flags
+    lordotic = make_phantom(PhantomParams(lla_deg=30.0, seed=4, slices=7))
+    assert "kyphotic_angle" not in analyze(classes_of(lordotic.labels), spacing).flags
