@@ -105,6 +105,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage name -> seconds
     lla_deg: Mapped[float | None] = mapped_column(sa.Float)
+    # the range of the ensemble members' own angles; None with one network or none measured
+    lla_spread_deg: Mapped[float | None] = mapped_column(sa.Float)
     lla_class: Mapped[str | None] = mapped_column(sa.String(16))
     cnn_class: Mapped[str | None] = mapped_column(sa.String(16))
     flags: Mapped[list[str]] = mapped_column(default=list)

@@ -94,6 +94,7 @@ class JobView(_View):
     finished_at: datetime | None
     timings: dict[str, float]
     lla_deg: float | None
+    lla_spread_deg: float | None
     lla_class: str | None
     cnn_class: str | None
     flags: tuple[str, ...]
@@ -155,6 +156,7 @@ def _job_view(job: Job, series: Series) -> JobView:
         finished_at=job.finished_at,
         timings=dict(job.timings),
         lla_deg=job.lla_deg,
+        lla_spread_deg=job.lla_spread_deg,
         lla_class=job.lla_class,
         cnn_class=job.cnn_class,
         flags=tuple(job.flags),

@@ -57,6 +57,7 @@ COBB_METHOD = private("COBB-L1S1-SUP", "Cobb L1-S1 superior endplates")
 LORDOSIS_CLASS = private("LORDOSIS-CLASS", "Lumbar lordosis class")
 CNN_LORDOSIS_CLASS = private("CNN-LORDOSIS", "Lumbar lordosis class by CNN (second opinion)")
 QUALITY_FLAG = private("QUALITY-FLAG", "Quality flag")
+LLA_SPREAD = private("LLA-SPREAD", "Range of the LLA across ensemble members")
 COMMENT = codes.DCM.Comment  # 121106: the readable sentences OHIF lists with a measurement
 IMAGE_REGION = codes.DCM.ImageRegion  # 111030
 SOURCE_IMAGE = codes.DCM.SourceImage  # 121324
@@ -96,6 +97,7 @@ FLAG_MEANINGS: dict[str, str] = {
     "l1_endplate_at_field_of_view_edge": "L1 endplate within 5 mm of the image edge",
     "anterior_on_the_right": "Anterior on the right; mirrored to measure",
     "implausible_angle": "Implausible angle",
+    "ensemble_members_disagree": "The ensemble's networks disagree on the angle (wide spread): check it",
     "kyphotic_angle": "Negative L1-S1 angle (kyphosis): check the levels and the image orientation",
     "lla_differs_on_neighbouring_slices": "LLA differs on neighbouring slices",
     "measured_off_midline": "Measured on a slice off the midline",

@@ -65,6 +65,8 @@ class LordosisFinding:
     cnn_class: str | None = None
     cnn_probabilities: dict[str, float] = field(default_factory=dict)
     levels: tuple[str, ...] = ()  # identified levels, superior to inferior
+    lla_spread_deg: float | None = None  # range of the ensemble members' own angles (the uncertainty)
+    members: int = 1  # networks in the segmentation ensemble
 
     @property
     def measured(self) -> bool:

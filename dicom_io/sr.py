@@ -12,8 +12,9 @@ one measurement group in Imaging Measurements:
   endplates", normality CID 222, the segmentation algorithm with version and weights SHA-256)
   inferred from a 4-point POLYLINE nested under it on the measured image: the L1 then the S1
   superior endplate, anterior end first, which OHIF draws as its Cobb angle, two lines the
-  radiologist can move. Its qualitative evaluations: the class, the Deteclordose class (the
-  CNN's probability is a second NUM naming its own algorithm), every quality flag.
+  radiologist can move. With an ensemble, the range of its members' own angles (LLA-SPREAD,
+  deg): the angle's uncertainty. Its qualitative evaluations: the class, the Deteclordose
+  class (the CNN's probability is a NUM naming its own algorithm), every quality flag.
 - Not measured (no L1 or no S1): no number; a POINT on the measured image (the endplate that
   was found, else the image centre) that OHIF shows as an arrow saying why ("LLA not measured:
   L1 not identified"), with the same qualitative evaluations. Never a number that was not
@@ -73,6 +74,8 @@ def sentences(finding: LordosisFinding) -> list[str]:
     if finding.measured:
         lines = [f"L1-S1 lordosis: {finding.lla_class}",
                  f"LLA {finding.lla_deg:.1f} deg (hypolordosis below {low:g} deg, hyperlordosis from {high:g} deg)"]
+        if finding.lla_spread_deg is not None:
+            lines.append(f"Spread across {finding.members} networks: {finding.lla_spread_deg:.1f} deg")
     else:
         lines = [f"LLA not measured: {_why_not_measured(finding)}"]
     if finding.cnn_class is not None:
@@ -122,6 +125,9 @@ def _lla_group(finding: LordosisFinding, image: Dataset, frame: int | None,
         algorithm_id=algorithm_id,
         referenced_coordinates=[lines],
     )]
+    if finding.lla_spread_deg is not None:
+        measurements.append(hd.sr.Measurement(name=codes.LLA_SPREAD, value=round(float(finding.lla_spread_deg), 2),
+                                              unit=codes.DEGREE, algorithm_id=algorithm_id))
     if finding.classifier is not None and finding.cnn_class is not None:
         probability = float(finding.cnn_probabilities.get(finding.cnn_class, 0.0))
         measurements.append(hd.sr.Measurement(name=codes.PROBABILITY, value=round(probability, 4),

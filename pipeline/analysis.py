@@ -34,6 +34,7 @@ class AnalysisConfig:
     max_endplate_rms_mm: float = 1.5  # scatter of the outline about a fitted endplate
     min_edge_margin_mm: float = 5.0  # an L1 endplate nearer the top of the image is flagged
     min_canal_share: float = 0.5  # a measured slice with less canal than this share of the widest: off the midline
+    max_member_spread_deg: float = 5.0  # ensemble members' angles may differ this much (about 2x the real median error)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class Analysis:
     neighbour_lla_deg: tuple[float, ...] = ()
     cnn_class: str | None = None
     cnn_probabilities: dict[str, float] = field(default_factory=dict)
+    member_lla_deg: tuple[float | None, ...] = ()  # each ensemble member's own angle on the measured slice
+
+    @property
+    def lla_spread_deg(self) -> float | None:
+        """The angle's uncertainty: the range of the members' angles (None with one member, or
+        when a member measured none)."""
+        if len(self.member_lla_deg) < 2 or any(a is None for a in self.member_lla_deg):
+            return None
+        return float(max(self.member_lla_deg) - min(self.member_lla_deg))
 
 
 @dataclass(frozen=True)
@@ -236,6 +246,28 @@ def analyze(
         confidence=confidence,
         neighbour_lla_deg=neighbours,
     )
+
+
+def with_member_angles(analysis: Analysis, member_probabilities: list[np.ndarray], spacing: tuple[float, float],
+                       config: AnalysisConfig = AnalysisConfig()) -> Analysis:
+    """Each ensemble member's angle on the slice the ensemble measured; a spread wider than
+    config.max_member_spread_deg, or a member that measures none, is a flag: the networks do
+    not agree on this image."""
+    if len(member_probabilities) < 2 or analysis.lla_deg is None:
+        return analysis
+    k = analysis.slice_index
+    angles = []
+    for probabilities in member_probabilities:
+        p = np.asarray(probabilities[k])
+        class_map = p.argmax(axis=-1).astype(np.uint8)
+        if _faces_right(class_map[None]):
+            class_map, p = class_map[:, ::-1], p[:, ::-1]
+        angles.append(measure_slice(class_map, spacing, k, vertebra_share(p[None])[0]).lla_deg)
+    result = replace(analysis, member_lla_deg=tuple(angles))
+    spread = result.lla_spread_deg
+    if spread is None or spread > config.max_member_spread_deg:
+        result = replace(result, flags=(*result.flags, "ensemble_members_disagree"))
+    return result
 
 
 def with_second_opinion(analysis: Analysis, probabilities: dict[str, float]) -> Analysis:

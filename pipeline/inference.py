@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,37 @@ class Segmenter:
         if out.shape[-1] == 1:  # the binary variant: background vs vertebra
             out = np.concatenate([1 - out, out], axis=-1)
         return from_network(out, slices.shape[1:])
+
+
+class Ensemble:
+    """U-Nets of one recipe trained from different seeds (issue 20): their class probabilities
+    averaged, and each member's kept, so that the angle each one measures gives its spread.
+    One member behaves exactly as that member's Segmenter."""
+
+    def __init__(self, members: Sequence[Segmenter]):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = tuple(members)
+        first = self.members[0].info
+        if len(self.members) == 1:
+            self.info = first
+        else:
+            # named by all its weights: other members make other results (and other result UIDs)
+            combined = hashlib.sha256("".join(m.info.sha256 for m in self.members).encode()).hexdigest()
+            self.info = ModelInfo(name=f"{first.name} ensemble of {len(self.members)}", version=first.version,
+                                  sha256=combined, architecture=first.architecture, input_size=first.input_size,
+                                  classes=first.classes)
+
+    @classmethod
+    def load(cls, weights: Sequence[str | Path]) -> Ensemble:
+        return cls([Segmenter(w) for w in weights])
+
+    def member_probabilities(self, slices: np.ndarray) -> list[np.ndarray]:
+        """Each member's (n, rows, cols, classes) probabilities."""
+        return [member.probabilities(slices) for member in self.members]
+
+    def probabilities(self, slices: np.ndarray) -> np.ndarray:
+        return np.mean(self.member_probabilities(slices), axis=0)
 
 
 class LordosisClassifier:

@@ -94,7 +94,8 @@ def seed(store: JobStore, root: Path) -> tuple[dict[str, int], Path, Path]:
     overlay = folder / "overlay.png"
     assert cv2.imwrite(str(overlay), picture)
     (folder / "seg.dcm").write_bytes(b"SEG-BYTES-NOT-FOR-THE-BROWSER")
-    store.set_status(job.id, "done", lla_deg=47.3, lla_class="normal", cnn_class="normal", flags=DONE_FLAGS,
+    store.set_status(job.id, "done", lla_deg=47.3, lla_spread_deg=2.4, lla_class="normal", cnn_class="normal",
+                     flags=DONE_FLAGS,
                      timings=DONE_TIMINGS, results_dir=str(folder), model_name="unet_4class",
                      model_version="1.0.0", model_sha256="ab" * 32, seg_sop_instance_uid=f"{UID}.1.501.1",
                      sr_sop_instance_uid=f"{UID}.1.502.1", key_sop_instance_uid=f"{UID}.1.503.1")
@@ -236,7 +237,7 @@ def test_the_list_shows_every_job_newest_first_with_status_and_lla(admin: Admin,
     assert _row_ids(page) == [ids["queued"], ids["failed"], ids["export_failed"], ids["skipped"], ids["done"]]
 
     done = page.locator(f"#job-{ids['done']}")
-    assert "47.3° normal" in done.locator("td.lla").inner_text()
+    assert "47.3° (spread 2.4°) normal" in done.locator("td.lla").inner_text()
     assert done.locator(".status").inner_text() == "done"
     assert "T2 SAG LSPINE" in done.inner_text() and "ORTHANC" in done.inner_text()
     assert "not_sagittal:axial" in page.locator(f"#job-{ids['skipped']}").inner_text()
@@ -305,6 +306,7 @@ def test_the_job_page_shows_timings_flags_exports_events_and_the_overlay(admin: 
     assert page.url == f"{admin.base}/jobs/{job_id}"
     assert page.get_by_role("heading", level=1).inner_text().split() == ["Job", str(job_id), "done"]
     assert page.locator("#lla").inner_text() == "47.3°"
+    assert page.locator("#lla-spread").inner_text() == "2.4°"  # the ensemble's range (issue 20)
     assert page.locator("#lla-class").inner_text() == "normal"
     assert page.locator("#cnn-class").inner_text() == "normal"
     # each flag with its meaning, the SR's sentence

@@ -114,15 +114,15 @@ def schema_differences(database: Database, metadata: sa.MetaData = Base.metadata
 def test_upgrade_is_idempotent_and_the_schema_equals_the_models(database: Database) -> None:
     assert current_revision(database.url, engine_options=database.engine_options) is None
     upgrade(database.url, engine_options=database.engine_options)
-    assert head_revision() == "0001"
-    assert current_revision(database.url, engine_options=database.engine_options) == "0001"
+    assert head_revision() == "0002"
+    assert current_revision(database.url, engine_options=database.engine_options) == "0002"
     assert schema_differences(database) == []
 
     store = database.store(create=False)
     job = store.create_job(add_series(store), uids(2))
     upgrade(database.url, engine_options=database.engine_options)  # again: nothing happens
     store.upgrade()
-    assert current_revision(database.url, engine_options=database.engine_options) == "0001"
+    assert current_revision(database.url, engine_options=database.engine_options) == "0002"
     assert store.get_job(job.id) == job
     store.dispose()
 
@@ -155,8 +155,8 @@ def test_migrate_command_works_from_any_directory(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "Warning" not in result.stderr, result.stderr
-    assert result.stdout.strip() == "0001"
-    assert current_revision(url) == "0001"
+    assert result.stdout.strip() == "0002"
+    assert current_revision(url) == "0002"
 
 
 def test_sqlite_connections_get_the_pragmas_and_the_folder_is_created(tmp_path: Path) -> None:
@@ -475,3 +475,35 @@ def test_datetimes_come_back_timezone_aware_utc(store: JobStore) -> None:
 def test_redact_hides_passwords(url: str, expected: str) -> None:
     assert redact(url) == expected
     assert "s3cret" not in redact(url)
+
+
+def test_a_database_of_the_first_schema_upgrades_keeping_its_jobs(tmp_path: Path) -> None:
+    """0002 adds jobs.lla_spread_deg: a node's database at revision 0001, with jobs, upgrades in
+    place, every job kept, the new column empty (the 0001 database is made by migrating down)."""
+    from alembic import command
+
+    from db import migrate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = JobStore(url, create=True)
+    try:
+        job = store.create_job(add_series(store), uids(2))
+        store.update_job(job.id, lla_deg=47.5, lla_spread_deg=1.0)
+    finally:
+        store.dispose()
+    migrate._run(url, None, command.downgrade, "0001")
+    assert current_revision(url) == "0001"
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert "lla_spread_deg" not in {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        assert conn.execute(sa.text("SELECT lla_deg FROM jobs")).scalars().all() == [47.5]
+    engine.dispose()
+    upgrade(url)
+    assert current_revision(url) == head_revision() == "0002"
+    store = JobStore(url, create=False)
+    try:
+        kept = store.get_job(job.id)
+        assert kept.lla_deg == 47.5 and kept.lla_spread_deg is None
+        assert store.update_job(job.id, lla_spread_deg=3.25).lla_spread_deg == 3.25
+    finally:
+        store.dispose()

@@ -14,6 +14,9 @@ Writes into --out:
                                                 measurement, on the same patients
 Everything in the card is read from the runs' config.json, split.json, history.json and
 eval/metrics.json: nothing is typed in by hand, so `make train` re-creates the same card.
+    python -m training package --add-member RUN_UNET_SEED_N --out models
+ships one more U-Net of the shipped recipe (same validation patients) as an ensemble member,
+`unet_4class_seed<N>`, and lists it in the card's ensemble section; the rest of the card is kept.
 --other-seeds: U-Net runs of the same recipe with another --seed on the same validation patients
 (--split-seed); the card sets their figures beside the shipped run's, so a reader can tell what
 the data gives from what one lucky or unlucky start gives. Their weights are not shipped.
@@ -272,6 +275,59 @@ def write_card(out: Path, seg_run: Path, seg: dict, cls_run: Path, cls: dict,
     return path
 
 
+MEMBERS_BEGIN, MEMBERS_END = "<!-- ensemble members: written by `lumbarnode package --add-member` -->", "<!-- /ensemble members -->"
+
+
+def add_member(run: Path, out: Path, version: str, date: str) -> dict:
+    """Ship another U-Net of the shipped recipe as an ensemble member (issue 20): its float16
+    weights as `unet_4class_seed<N>`, its description and run, and a card section that lists
+    every member with its seed, hash and its own figures. The shipped run's card is kept."""
+    shipped = out / f"{SEGMENTATION_NAME}.run"
+    _check_same_validation(shipped, [run])
+    seed = _read(run, "config.json")["seed"]
+    name = f"{SEGMENTATION_NAME}_seed{seed}"
+    info = _copy_model(run, name, out, version, "unet", SEGMENTATION_CLASSES, date)
+    keep_run_description(run, out / f"{name}.run", f"../{name}.weights.h5")
+    if (run / "eval" / "metrics.json").is_file():
+        shutil.copyfile(run / "eval" / "metrics.json", out / f"{name}.run" / "metrics.json")
+    _write_members_section(out)
+    return info
+
+
+def _write_members_section(out: Path) -> None:
+    lines = [MEMBERS_BEGIN, "### Ensemble members", "",
+             "U-Nets of the shipped recipe from other seeds, on the same validation patients, shipped beside "
+             "`unet_4class` for an ensemble: `LUMBARNODE_SEGMENTATION_MODEL=unet_4class,<member>,...` averages "
+             "their probabilities and reports the range of their own angles (`lla_spread_deg`). Each row is "
+             "that network alone, measured by `lumbarnode evaluate` at training time.", "",
+             "| member | seed | sha256 | vertebra Dice | L1..L5 identified | real L1-L5 median abs error, deg (95% CI) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for description in sorted(out.glob(f"{SEGMENTATION_NAME}_seed*.json")):
+        info = json.loads(description.read_text())
+        h = _headline_from(_read(out / f"{info['name']}.run", "metrics.json"))
+        lines.append(f"| `{info['name']}` | {info['seed']} | `{info['sha256'][:16]}...` | {h['dice']} | "
+                     f"{h['identified']} | {h['real']} |")
+    lines.append(MEMBERS_END)
+    card = out / "MODEL_CARD.md"
+    text = card.read_text()
+    if MEMBERS_BEGIN in text:
+        before, rest = text.split(MEMBERS_BEGIN, 1)
+        text = before + "\n".join(lines) + rest.split(MEMBERS_END, 1)[1]
+    else:
+        marker = "## Lordosis class"
+        at = text.index(marker) if marker in text else len(text)
+        text = text[:at] + "\n".join(lines) + "\n\n" + text[at:]
+    card.write_text(text)
+
+
+def _headline_from(metrics: dict) -> dict:
+    ident, real = metrics.get("identification", {}), metrics.get("l1_l5_angle_real", {})
+    return {"dice": _fmt(metrics.get("mean_over_patients", {}).get("vertebra", {}).get("dice")),
+            "identified": f"{ident['correct']}/{ident['slices']} ({ident['accuracy']:.1%})" if ident.get("slices") else "-",
+            "real": (_fmt(real["median_abs_error_deg"], 2) + _interval(real, "") + f", n = {real['n']}")
+            if real.get("n") else "-"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lumbarnode package", description="Ship two training runs as the models.")
     p.add_argument("segmentation_run")
@@ -282,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--other-seeds", nargs="*", default=(), metavar="RUN",
                    help="U-Net runs of the same recipe with other --seed values and the shipped run's split "
                         "(--split-seed): reported beside it in the card, not shipped")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--add-member":
+        return _main_add_member(argv[1:])
     args = p.parse_args(argv)
     seg_run, cls_run = Path(args.segmentation_run), Path(args.classifier_run)
     other_seeds = [Path(r) for r in args.other_seeds]
@@ -301,6 +360,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for info in (seg, cls):
         print(f"{out / (info['name'] + '.weights.h5')}  sha256 {info['sha256']}")
     print(f"model card: {card}")
+    return 0
+
+
+def _main_add_member(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="lumbarnode package --add-member",
+                                description="Ship one more U-Net run of the shipped recipe as an ensemble member.")
+    p.add_argument("run", help="a `lumbarnode train segmentation --seed N --split-seed <shipped>` run")
+    p.add_argument("--out", default="models")
+    p.add_argument("--version", default="1.2.0")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    date = dt.datetime.fromtimestamp((run / "config.json").stat().st_mtime, dt.UTC).date().isoformat()
+    info = add_member(run, Path(args.out), args.version, date)
+    print(f"{Path(args.out) / (info['name'] + '.weights.h5')}  sha256 {info['sha256']}")
     return 0
 
 

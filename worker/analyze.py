@@ -16,9 +16,9 @@ import numpy as np
 from dicom_io.errors import SeriesRefused
 from dicom_io.geometry import InPlaneFlip
 from dicom_io.series import Series, load_series
-from pipeline.analysis import Analysis, AnalysisConfig, analyze, with_second_opinion
+from pipeline.analysis import Analysis, AnalysisConfig, analyze, with_member_angles, with_second_opinion
 from pipeline.classify import Thresholds
-from pipeline.inference import LordosisClassifier, Segmenter
+from pipeline.inference import Ensemble, LordosisClassifier
 from pipeline.overlay import render_overlay
 from worker.settings import Settings
 
@@ -31,14 +31,14 @@ class InputRefused(Exception):
 
 @dataclass(frozen=True)
 class Models:
-    segmenter: Segmenter
+    segmenter: Ensemble
     classifier: LordosisClassifier | None
 
     @classmethod
     def load(cls, settings: Settings) -> Models:
         classifier_path = settings.weights(settings.classifier_model)
         return cls(
-            segmenter=Segmenter(settings.weights(settings.segmentation_model)),
+            segmenter=Ensemble.load(settings.segmentation_weights()),
             classifier=LordosisClassifier(classifier_path) if classifier_path.is_file() else None,
         )
 
@@ -102,11 +102,13 @@ NO_COLUMN = frozenset({"no_vertebrae_found", "no_discs_found", "canal_not_found"
 def measure(slices: Slices, models: Models, settings: Settings) -> Measured:
     """Segment every slice, measure on the best one, add the CNN's opinion."""
     started = time.perf_counter()
-    probabilities = models.segmenter.probabilities(slices.pixels)
+    members = models.segmenter.member_probabilities(slices.pixels)
+    probabilities = members[0] if len(members) == 1 else np.mean(members, axis=0)
     segmented = time.perf_counter()
     class_maps = probabilities.argmax(axis=-1).astype(np.uint8)
     config = AnalysisConfig(thresholds=Thresholds(settings.lla_low_deg, settings.lla_high_deg))
-    analysis = analyze(class_maps, slices.spacing, probabilities, config)
+    analysis = with_member_angles(analyze(class_maps, slices.spacing, probabilities, config), members,
+                                  slices.spacing, config)
     measured = time.perf_counter()
     timings = {"inference_s": segmented - started, "measurement_s": measured - segmented}
     if not analysis.vertebrae and not NO_COLUMN.isdisjoint(analysis.flags):
@@ -146,6 +148,10 @@ def report(analysis: Analysis, slices: Slices, model: dict) -> dict:
         out["sop_instance_uid"] = slices.sop_instance_uids[analysis.slice_index]
     if analysis.confidence is not None:
         out["segmentation_confidence"] = round(analysis.confidence, 4)
+    if analysis.member_lla_deg:
+        # the uncertainty of the angle: what each ensemble member alone measured, and their range
+        out["lla_members_deg"] = [None if a is None else round(a, 2) for a in analysis.member_lla_deg]
+        out["lla_spread_deg"] = None if analysis.lla_spread_deg is None else round(analysis.lla_spread_deg, 2)
     return out
 
 
@@ -157,6 +163,8 @@ def refusal(reason: str, models: Models | None, flags=()) -> dict:
 
 def model_block(models: Models) -> dict:
     block = models.segmenter.info.as_dict()
+    if len(models.segmenter.members) > 1:
+        block["members"] = [member.info.as_dict() for member in models.segmenter.members]
     if models.classifier is not None:
         block["classifier"] = models.classifier.info.as_dict()
     return block

@@ -107,9 +107,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from worker.settings import Settings
 
     settings = Settings.from_env()
-    weights = settings.weights(settings.segmentation_model)
-    if not weights.is_file():
-        print(f"analyze: no segmentation weights at {weights}: run `make train`", file=sys.stderr)
+    missing = [w for w in settings.segmentation_weights() if not w.is_file()]
+    if missing or not settings.segmentation_weights():
+        print(f"analyze: no segmentation weights at {missing[0] if missing else settings.model_dir}: run `make train`",
+              file=sys.stderr)
         return analyze.EXIT_REFUSED
     models = analyze.Models.load(settings)
     measured = analyze.run(Path(args.path), models, settings,
@@ -128,12 +129,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     elif code == analyze.EXIT_REFUSED:
         print(f"refused: {result['refused']}")
     else:
-        lla = "not measured" if result["lla_deg"] is None else f"{result['lla_deg']:.1f} deg ({result['class']})"
+        lla = _lla_text(result)
         print(f"LLA {lla}; CNN {result['cnn_class']}; slice {result['slice_index']}; "
               f"levels {_levels(result)}")
         if result["flags"]:
             print("flags: " + ", ".join(result["flags"]))
     return code
+
+
+def _lla_text(result: dict) -> str:
+    if result["lla_deg"] is None:
+        return "not measured"
+    spread = result.get("lla_spread_deg")
+    across = "" if spread is None else f", spread {spread:.1f} deg across {len(result['lla_members_deg'])} networks"
+    return f"{result['lla_deg']:.1f} deg ({result['class']}{across})"
 
 
 def _levels(result: dict) -> str:
@@ -152,9 +161,10 @@ def cmd_process(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.no_key_image:
         settings = dataclasses.replace(settings, key_image=False)
-    weights = settings.weights(settings.segmentation_model)
-    if not weights.is_file():
-        print(f"process: no segmentation weights at {weights}: run `make train`", file=sys.stderr)
+    missing = [w for w in settings.segmentation_weights() if not w.is_file()]
+    if missing or not settings.segmentation_weights():
+        print(f"process: no segmentation weights at {missing[0] if missing else settings.model_dir}: run `make train`",
+              file=sys.stderr)
         return analyze.EXIT_REFUSED
     outputs = process.process_series(Path(args.series), analyze.Models.load(settings), settings)
     written = process.write_outputs(outputs, Path(args.out))
@@ -162,7 +172,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     if outputs.refused:
         print(f"refused: {result['refused']} (no DICOM written; {written[-1]})", file=sys.stderr)
         return outputs.code
-    lla = "not measured" if result["lla_deg"] is None else f"{result['lla_deg']:.1f} deg ({result['class']})"
+    lla = _lla_text(result)
     print(f"LLA {lla}; CNN {result['cnn_class']}; levels {_levels(result)}")
     if result["flags"]:
         print("flags: " + ", ".join(result["flags"]))

@@ -108,7 +108,8 @@ def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = Fal
     model = result["model"]
     uids = {kind: result["outputs"][kind]["sop_instance_uid"] for kind in result["outputs"]}
     job = store.update_job(
-        job_id, timings=timings, results_dir=str(folder), lla_deg=result["lla_deg"], lla_class=result["class"],
+        job_id, timings=timings, results_dir=str(folder), lla_deg=result["lla_deg"],
+        lla_spread_deg=result.get("lla_spread_deg"), lla_class=result["class"],
         cnn_class=result["cnn_class"], flags=list(result["flags"]), model_name=model["name"],
         model_version=model["version"], model_sha256=model["sha256"],
         seg_sop_instance_uid=uids.get("seg"), sr_sop_instance_uid=uids.get("sr"), key_sop_instance_uid=uids.get("key"),

@@ -119,6 +119,8 @@ def lordosis_finding(series: Series, measured: Measured, models: Models, setting
         cnn_class=analysis.cnn_class,
         cnn_probabilities=dict(analysis.cnn_probabilities),
         levels=tuple(analysis.vertebrae),
+        lla_spread_deg=analysis.lla_spread_deg,
+        members=len(models.segmenter.members),
     )
 
 

@@ -88,6 +88,7 @@ def parse_callers(text: str) -> dict[str, Destination | None]:
 class Settings:
     # the method
     model_dir: Path = REPOSITORY / "models"
+    # one model name, or the members of an ensemble, comma-separated (the first names the result)
     segmentation_model: str = "unet_4class"
     classifier_model: str = "deteclordose"
     lla_low_deg: float = 39.0  # below: hypolordosis
@@ -220,6 +221,10 @@ class Settings:
 
     def weights(self, model: str) -> Path:
         return self.model_dir / f"{model}.weights.h5"
+
+    def segmentation_weights(self) -> list[Path]:
+        """The U-Net's weights: one file, or one per ensemble member."""
+        return [self.weights(name.strip()) for name in self.segmentation_model.split(",") if name.strip()]
 
     @property
     def callers(self) -> dict[str, Destination | None]:
