@@ -12,6 +12,7 @@ code on the same patients.
   every slice showing L1..L5, so the counts differ.
 - SPIDER T2 slices: each PNG analysed as a slice; vertebra, disc and canal Dice of analyze's
   class map, pooled per source as `evaluate` pools them.
+- Synthetic series (`--synthetic N`, fresh phantom seeds): the L1-S1 angle against its exact truth.
 
 Prints per-source tables and the worst cases; writes bench/accuracy.json and, per volume, the
 overlay analyze draws (bench/accuracy/*.png). Needs ../shared/data. Never reads held-out
@@ -70,7 +71,7 @@ def per_level_volume(path: Path, models, settings, work: Path) -> dict:
     seconds = time.perf_counter() - started
     case = {"item": f"{path.parent.name}/{path.name}", "seconds": round(seconds, 2),
             "exit": analyze.exit_code(measured.result), "flags": measured.result.get("flags", []),
-            "lla_deg": measured.result.get("lla_deg")}
+            "lla_deg": measured.result.get("lla_deg"), "lla_spread_deg": measured.result.get("lla_spread_deg")}
     analysis = measured.analysis
     if analysis is None or analysis.slice_index is None:
         reason = measured.result.get("refused", "no slice measured")
@@ -120,6 +121,24 @@ def spider_patient(patient: str, models, settings, data: Path) -> tuple[dict, np
     return {"patient": patient, "slices": sum(exits.values()), "exits": exits}, counts
 
 
+def synthetic_series(count: int, models, settings, work: Path, first_seed: int = 900_000) -> list[dict]:
+    """Fresh phantom series (seeds no training run draws) written as DICOM and analysed: the
+    L1-S1 angle against its exact truth."""
+    from training.phantom import PhantomParams
+    from training.studies import write_phantom_study
+    from worker import analyze
+
+    cases = []
+    for seed in range(first_seed, first_seed + count):
+        study = write_phantom_study(PhantomParams(seed=seed, slices=7), work / f"phantom-{seed}")
+        result = analyze.run(study.dicom_dir, models, settings).result
+        truth = study.truth["lla_deg"]
+        cases.append({"seed": seed, "truth_deg": round(truth, 2), "lla_deg": result["lla_deg"],
+                      "lla_spread_deg": result.get("lla_spread_deg"), "flags": result["flags"],
+                      "error_deg": None if result["lla_deg"] is None else round(result["lla_deg"] - truth, 2)})
+    return cases
+
+
 def _dice(counts: np.ndarray) -> dict[str, float]:
     inter, pred, true = counts[:, 0], counts[:, 1], counts[:, 2]
     return {CLASSES[c + 1]: round(float(2 * inter[c] / (pred[c] + true[c])), 4) for c in range(3) if true[c] > 0}
@@ -130,6 +149,7 @@ def main() -> int:
     parser.add_argument("--run", default=str(ROOT / "models" / "unet_4class.run"), help="the training run's split")
     parser.add_argument("--evaluate", help="metrics.json of `lumbarnode evaluate` on the same run, to print beside")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--synthetic", type=int, default=30, help="fresh phantom series for the L1-S1 angle (0: none)")
     args = parser.parse_args()
 
     from worker import analyze
@@ -146,7 +166,8 @@ def main() -> int:
                 case = per_level_volume(data / source / f"{patient}.npz", models, settings, Path(work))
                 report["per_level"].append(case)
                 print(f"{case['item']:<32} exit {case['exit']}  identified {'yes' if case['identified'] else 'NO '}"
-                      f"  L1-L5 error {case.get('l1_l5_error_deg', 'n/a')}  flags {', '.join(case['flags'][:3])}")
+                      f"  L1-L5 error {case.get('l1_l5_error_deg', 'n/a')}  spread {case['lla_spread_deg']}"
+                      f"  flags {', '.join(case['flags'][:3])}")
     total = np.zeros((3, 3))
     for patient in patients.get(SPIDER, []):
         summary, counts = spider_patient(patient, models, settings, data)
@@ -154,6 +175,15 @@ def main() -> int:
         report["spider"].setdefault("patients", []).append({**summary, "dice": _dice(counts)})
         print(f"{SPIDER}/{patient:<14} {summary['slices']} slices, exits {summary['exits']}, Dice {_dice(counts)}")
     report["spider"]["pooled_dice"] = _dice(total)
+    if args.synthetic:
+        with tempfile.TemporaryDirectory() as work:
+            report["synthetic"] = synthetic_series(args.synthetic, models, settings, Path(work))
+        errors = [abs(c["error_deg"]) for c in report["synthetic"] if c["error_deg"] is not None]
+        report["synthetic_summary"] = {
+            "series": len(report["synthetic"]), "measured": len(errors),
+            "median_abs_error_deg": round(float(np.median(errors)), 2) if errors else None,
+            "median_95ci_deg": [round(v, 2) for v in median_interval(errors)] if len(errors) > 1 else None,
+            "over_5_deg": sum(e > 5 for e in errors)}
     report["summary"] = summarise(report["per_level"])
     evaluate = json.loads(Path(args.evaluate).read_text()) if args.evaluate else None
     print_tables(report, evaluate)
@@ -175,7 +205,9 @@ def summarise(cases: list[dict]) -> dict:
                               and np.sign(c["l1_l5_measured_deg"]) != np.sign(c["l1_l5_reference_deg"])),
         }
     errors = [abs(c["l1_l5_error_deg"]) for c in cases if "l1_l5_error_deg" in c]
+    spreads = [c["lla_spread_deg"] for c in cases if c.get("lla_spread_deg") is not None]
     summary["all"] = {"volumes": len(cases), "identified": sum(c["identified"] for c in cases),
+                      "lla_spread_median_deg": round(float(np.median(spreads)), 2) if spreads else None,
                       "l1_l5_measured": len(errors),
                       "l1_l5_median_abs_error_deg": round(float(np.median(errors)), 2) if errors else None,
                       "l1_l5_median_95ci_deg": [round(v, 2) for v in median_interval(errors)] if len(errors) > 1 else None}
@@ -199,7 +231,8 @@ def print_tables(report: dict, evaluate: dict | None) -> None:
         print(line)
     all_ = report["summary"]["all"]
     print(f"all volumes: L1-L5 median |error| {all_['l1_l5_median_abs_error_deg']} deg, "
-          f"95% CI {all_['l1_l5_median_95ci_deg']} (n={all_['l1_l5_measured']}, one slice per volume)")
+          f"95% CI {all_['l1_l5_median_95ci_deg']} (n={all_['l1_l5_measured']}, one slice per volume); "
+          f"L1-S1 spread across ensemble members, median {all_['lla_spread_median_deg']} deg")
     exits: dict[str, int] = {}
     for patient in report["spider"].get("patients", []):
         for code, count in patient["exits"].items():
@@ -207,6 +240,12 @@ def print_tables(report: dict, evaluate: dict | None) -> None:
     print(f"\nSPIDER T2 slices through analyze (PNG): exits {exits} (0 measured, 3 no angle, 2 refused); "
           f"pooled Dice {report['spider']['pooled_dice']}"
           + (f"; evaluate: {evaluate['pooled_dice_per_source'].get(SPIDER)}" if evaluate else ""))
+    if "synthetic_summary" in report:
+        syn = report["synthetic_summary"]
+        print(f"synthetic L1-S1 through analyze: {syn['measured']} of {syn['series']} measured, median |error| "
+              f"{syn['median_abs_error_deg']} deg (95% CI {syn['median_95ci_deg']}), {syn['over_5_deg']} over 5 deg"
+              + (f"; evaluate: {evaluate['lla_synthetic']['median_abs_error_deg']:.2f} deg (n = "
+                 f"{evaluate['lla_synthetic']['n']}, other series)" if evaluate else ""))
     worst = sorted((c for c in report["per_level"] if "l1_l5_error_deg" in c), key=lambda c: -abs(c["l1_l5_error_deg"]))[:3]
     for c in worst:
         print(f"worst: {c['item']} L1-L5 {c['l1_l5_measured_deg']} vs {c['l1_l5_reference_deg']} deg, flags {c['flags']}")
