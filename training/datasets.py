@@ -10,13 +10,18 @@ Partial labels. Sources label different things, so each sample says what its mas
     completely); a class the source does not label may still be there;
   * mask value 254 (NOT_VERTEBRA): any class but vertebra (the disc space between two labelled
     bodies of the per-level volumes);
+  * mask value 253 (MAYBE_VERTEBRA): background or vertebra (SPIDER's unlabelled sacrum);
   * mask value 255 (UNKNOWN): nothing is known about the pixel.
 `allowed_bits` turns that into a per-pixel bit set of the classes still possible (bit c =
 class c), which the training loss marginalises over, so unlabelled classes are never
 penalised and never taught as background.
 
   source              known       notes
-  spider-t2-slices    {1,2,3}     complete 4-class masks
+  spider-t2-slices    {1,2,3}     complete 4-class masks, but for the sacrum: this subset never
+                                  labels it (1 of 127 slices checked), so background below the
+                                  lowest disc and in front of the canal is MAYBE_VERTEBRA (taught
+                                  as background, it kept the network from painting real sacra,
+                                  and without a sacrum no level is counted: issue 20)
   vesal-t2-slices     {2}         bodies (not posterior elements) as 1, discs 2, no canal: so a 0
                                   may be vertebra or canal; empty masks -> None (unlabelled)
   myosegmentum-vb3,   {1,2,3}     only vertebral BODIES are labelled (-> 1); posterior elements,
@@ -56,6 +61,7 @@ N_CLASSES = len(SEGMENTATION_CLASSES)
 BACKGROUND, VERTEBRA, DISC, CANAL = 0, 1, 2, 3
 UNKNOWN = 255
 NOT_VERTEBRA = 254
+MAYBE_VERTEBRA = 253
 ALL_BITS = (1 << N_CLASSES) - 1
 FOREGROUND = frozenset({VERTEBRA, DISC, CANAL})
 
@@ -105,7 +111,37 @@ def allowed_bits(mask: np.ndarray | None, known: Iterable[int], shape: tuple[int
     for c in FOREGROUND:
         bits[mask == c] = 1 << c
     bits[mask == NOT_VERTEBRA] = ALL_BITS & ~(1 << VERTEBRA)
+    bits[mask == MAYBE_VERTEBRA] = 1 | (1 << VERTEBRA)
     return bits
+
+
+def sacrum_unknown(mask: np.ndarray) -> np.ndarray:
+    """A complete mask whose sacrum was left as background: background below the lowest disc
+    (column by column, under its lowest pixel; beyond its ends, under its lowest row), in front
+    of the canal and not far in front of the disc, becomes MAYBE_VERTEBRA. Masks without a disc or canal are returned as they are."""
+    discs = (mask == DISC).astype(np.uint8)
+    count, components, stats, centroids = cv2.connectedComponentsWithStats(discs)
+    big = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= 50]
+    canal_rows, canal_cols = np.nonzero(mask == CANAL)
+    if not big or not len(canal_rows):
+        return mask
+    lowest = components == max(big, key=lambda i: centroids[i][1])
+    rows, cols = np.nonzero(lowest)
+    floor = np.full(mask.shape[1], rows.max(), int)  # below this row, per column, lies the sacrum
+    for col in np.unique(cols):
+        floor[col] = rows[cols == col].max()
+    front = np.full(mask.shape[0], int(np.median(canal_cols)), int)  # the canal's anterior edge per row
+    for row in np.unique(canal_rows):
+        front[row] = canal_cols[canal_rows == row].min()
+    # the sacrum lies under the disc, not in the pelvis in front of it: within a quarter of the
+    # disc's width in front of its anterior end, and within 1.5 widths under it
+    width = cols.max() - cols.min() + 1
+    r, c = np.indices(mask.shape)
+    region = ((r > floor[None, :]) & (r <= rows.max() + 1.5 * width) & (c >= cols.min() - width / 4)
+              & (c < front[:, None]) & (mask == BACKGROUND))
+    out = mask.copy()
+    out[region] = MAYBE_VERTEBRA
+    return out
 
 
 def bits_to_multihot(bits: np.ndarray) -> np.ndarray:
@@ -191,7 +227,7 @@ def load_spider(data_dir: str | Path | None = None, patients: Iterable[str] | No
             vol = load_real(path)
             if vol.labels is None:
                 raise ValueError(f"{path.name}: mask missing")
-            samples.append(Sample(vol.image[0], vol.labels[0].astype(np.uint8), FOREGROUND, None,
+            samples.append(Sample(vol.image[0], sacrum_unknown(vol.labels[0].astype(np.uint8)), FOREGROUND, None,
                                   f"{SPIDER}:{pid}", SPIDER, f"{SPIDER}/{path.name}"))
     return samples
 
