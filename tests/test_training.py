@@ -80,9 +80,11 @@ def test_spider_and_vesal_loaders(shared_data):
     assert len(spider) == 14 and all(s.patient_id == "spider-t2-slices:107" for s in spider)
     s = spider[7]
     assert s.image.shape == s.mask.shape == (640, 512) and s.spacing_mm is None
-    assert set(np.unique(s.mask)) == {0, 1, 2, 3, ds.MAYBE_VERTEBRA} and s.known == {1, 2, 3}
-    # exact everywhere but under the lowest disc, where the unlabelled sacrum may be
-    assert set(np.unique(ds.allowed_bits(s.mask, s.known))) == {1, 2, 4, 8, 1 | 2}
+    assert set(np.unique(s.mask)) == {0, 1, 2, 3} and s.known == {1, 2, 3}
+    assert set(np.unique(ds.allowed_bits(s.mask, s.known))) == {1, 2, 4, 8}  # exact everywhere
+    # --spider-sacrum-unknown: exact but under the lowest disc, where the unlabelled sacrum may be
+    marked = ds.load_spider(shared_data, patients=["107"], sacrum_unknown=True)[7]
+    assert set(np.unique(ds.allowed_bits(marked.mask, marked.known))) == {1, 2, 4, 8, 1 | 2}
 
     vesal = ds.load_vesal(shared_data)
     assert len(vesal) == 20 and all(v.image.shape == (256, 256) for v in vesal)
@@ -434,7 +436,7 @@ def test_spiders_unlabelled_sacrum_is_not_taught_as_background(shared_data):
     from training import datasets as ds
 
     mask = cv2.imread(str(shared_data / "spider-t2-slices" / "masks" / "136_65.png"), cv2.IMREAD_GRAYSCALE)
-    marked = ds.sacrum_unknown(mask)
+    marked = ds.sacrum_unknown_region(mask)
     region = marked == ds.MAYBE_VERTEBRA
     assert region.sum() > 2000
     assert np.array_equal(marked[~region], mask[~region]) and (mask[region] == ds.BACKGROUND).all()
@@ -444,4 +446,4 @@ def test_spiders_unlabelled_sacrum_is_not_taught_as_background(shared_data):
     assert np.nonzero(region)[1].max() < canal_cols.max()  # in front of the canal
     bits = ds.allowed_bits(marked, ds.FOREGROUND)
     assert set(np.unique(bits[region])) == {1 | (1 << ds.VERTEBRA)}
-    assert ds.sacrum_unknown(np.zeros((8, 8), np.uint8)).sum() == 0  # no disc, no canal: unchanged
+    assert ds.sacrum_unknown_region(np.zeros((8, 8), np.uint8)).sum() == 0  # no disc, no canal: unchanged

@@ -18,10 +18,11 @@ penalised and never taught as background.
 
   source              known       notes
   spider-t2-slices    {1,2,3}     complete 4-class masks, but for the sacrum: this subset never
-                                  labels it (1 of 127 slices checked), so background below the
-                                  lowest disc and in front of the canal is MAYBE_VERTEBRA (taught
-                                  as background, it kept the network from painting real sacra,
-                                  and without a sacrum no level is counted: issue 20)
+                                  labels it (1 of 127 slices checked); with spider_sacrum_unknown
+                                  (`train --spider-sacrum-unknown`) background below the lowest
+                                  disc and in front of the canal is MAYBE_VERTEBRA instead of
+                                  being taught as background (issue 20; measured in the model
+                                  card, not the shipped recipe)
   vesal-t2-slices     {2}         bodies (not posterior elements) as 1, discs 2, no canal: so a 0
                                   may be vertebra or canal; empty masks -> None (unlabelled)
   myosegmentum-vb3,   {1,2,3}     only vertebral BODIES are labelled (-> 1); posterior elements,
@@ -115,7 +116,7 @@ def allowed_bits(mask: np.ndarray | None, known: Iterable[int], shape: tuple[int
     return bits
 
 
-def sacrum_unknown(mask: np.ndarray) -> np.ndarray:
+def sacrum_unknown_region(mask: np.ndarray) -> np.ndarray:
     """A complete mask whose sacrum was left as background: background below the lowest disc
     (column by column, under its lowest pixel; beyond its ends, under its lowest row), in front
     of the canal and not far in front of the disc, becomes MAYBE_VERTEBRA. Masks without a disc or canal are returned as they are."""
@@ -205,7 +206,7 @@ _SPIDER_NAME = re.compile(r"^(\d+)_(\d+)$")
 
 
 def load_spider(data_dir: str | Path | None = None, patients: Iterable[str] | None = None,
-                max_slices_per_patient: int | None = None) -> list[Sample]:
+                max_slices_per_patient: int | None = None, sacrum_unknown: bool = False) -> list[Sample]:
     """SPIDER T2 SPACE slices: complete 4-class masks; pixel spacing lost (None)."""
     data_dir = Path(data_dir or shared_data_dir())
     held = held_out_ids(data_dir)
@@ -227,7 +228,9 @@ def load_spider(data_dir: str | Path | None = None, patients: Iterable[str] | No
             vol = load_real(path)
             if vol.labels is None:
                 raise ValueError(f"{path.name}: mask missing")
-            samples.append(Sample(vol.image[0], sacrum_unknown(vol.labels[0].astype(np.uint8)), FOREGROUND, None,
+            mask = vol.labels[0].astype(np.uint8)
+            mask = sacrum_unknown_region(mask) if sacrum_unknown else mask
+            samples.append(Sample(vol.image[0], mask, FOREGROUND, None,
                                   f"{SPIDER}:{pid}", SPIDER, f"{SPIDER}/{path.name}"))
     return samples
 
@@ -548,13 +551,14 @@ def segmentation_samples(sources: Sequence[str] = DEFAULT_SEGMENTATION_SOURCES, 
                          phantom_count: int = 24, phantom_slices: int = 3, phantom_seed: int = 1,
                          phantom_lla_range: tuple[float, float] = (0.0, 80.0), per_level_slices: int = 1,
                          spider_max_slices_per_patient: int | None = None, cache_dir: str | None = "default",
-                         progress: bool = False) -> list[Sample]:
+                         progress: bool = False, spider_sacrum_unknown: bool = False) -> list[Sample]:
     """All labelled segmentation samples of the chosen sources (JSON-serialisable arguments, so
     that an evaluation can rebuild exactly the same set from a run's config.json)."""
     samples: list[Sample] = []
     for source in sources:
         if source == SPIDER:
-            samples += load_spider(data_dir, max_slices_per_patient=spider_max_slices_per_patient)
+            samples += load_spider(data_dir, max_slices_per_patient=spider_max_slices_per_patient,
+                                   sacrum_unknown=spider_sacrum_unknown)
         elif source == VESAL:
             samples += load_vesal(data_dir)
         elif source in (MYO, CHU):

@@ -615,6 +615,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rotation", type=float, default=45.0)
     s.add_argument("--no-flips", action="store_true")
     s.add_argument("--augment-mode", choices=("paper", "combined"), default="paper")
+    s.add_argument("--spider-sacrum-unknown", action="store_true",
+                   help="SPIDER's unlabelled sacrum may be vertebra (not taught as background; model card)")
     s.add_argument("--intensity-augment", action="store_true",
                    help="also vary gamma and shading (beyond the paper's augmentation)")
     s.add_argument("--init-weights", default=None, help="start from these weights (fine-tuning)")
@@ -660,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "phantom_count": args.phantoms, "phantom_slices": args.phantom_slices,
                 "per_level_slices": args.per_level_slices, "spider_max_slices_per_patient": args.spider_max_slices,
                 "cache_dir": args.cache_dir}
+        if args.spider_sacrum_unknown:  # only then: the shipped run's config rebuilds as it was
+            data["spider_sacrum_unknown"] = True
         train_segmentation(args.out, data=data, steps_per_epoch=args.steps_per_epoch, dice_weight=args.dice_weight,
                            val_monitor_max=args.val_monitor_max, max_rotation_deg=args.max_rotation,
                            flips=not args.no_flips, augment_mode=args.augment_mode,
