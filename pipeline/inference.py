@@ -89,12 +89,24 @@ class Segmenter:
         return from_network(out, slices.shape[1:])
 
 
+class Mirrored:
+    """A member run on the slices mirrored anterior <-> posterior, its output mirrored back."""
+
+    def __init__(self, segmenter: Segmenter):
+        self.segmenter = segmenter
+        self.info = segmenter.info
+
+    def probabilities(self, slices: np.ndarray) -> np.ndarray:
+        slices = np.asarray(slices)
+        return self.segmenter.probabilities(slices[..., ::-1])[:, :, ::-1]
+
+
 class Ensemble:
     """U-Nets of one recipe trained from different seeds (issue 20): their class probabilities
     averaged, and each member's kept, so that the angle each one measures gives its spread.
     One member behaves exactly as that member's Segmenter."""
 
-    def __init__(self, members: Sequence[Segmenter]):
+    def __init__(self, members: Sequence[Segmenter | Mirrored]):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = tuple(members)
@@ -103,14 +115,23 @@ class Ensemble:
             self.info = first
         else:
             # named by all its weights: other members make other results (and other result UIDs)
-            combined = hashlib.sha256("".join(m.info.sha256 for m in self.members).encode()).hexdigest()
+            combined = hashlib.sha256("".join(m.info.sha256 + ("~" if isinstance(m, Mirrored) else "")
+                                              for m in self.members).encode()).hexdigest()
             self.info = ModelInfo(name=f"{first.name} ensemble of {len(self.members)}", version=first.version,
                                   sha256=combined, architecture=first.architecture, input_size=first.input_size,
                                   classes=first.classes)
 
     @classmethod
     def load(cls, weights: Sequence[str | Path]) -> Ensemble:
-        return cls([Segmenter(w) for w in weights])
+        """One member per weights file; a path ending in ":flip" is a member already loaded,
+        run on the mirrored slices (test-time augmentation)."""
+        loaded: dict[str, Segmenter] = {}
+        members: list[Segmenter | Mirrored] = []
+        for item in map(str, weights):
+            path, _, option = item.partition(":flip")
+            segmenter = loaded.get(path) or loaded.setdefault(path, Segmenter(path))
+            members.append(Mirrored(segmenter) if item.endswith(":flip") and not option else segmenter)
+        return cls(members)
 
     def member_probabilities(self, slices: np.ndarray) -> list[np.ndarray]:
         """Each member's (n, rows, cols, classes) probabilities."""

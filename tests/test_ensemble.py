@@ -134,3 +134,17 @@ def test_package_adds_a_member_of_the_shipped_recipe_and_lists_it_in_the_card(tm
     (run / "split.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="other patients"):
         add_member(run, models, "1.2.0", "2026-12-03")
+
+
+def test_a_flip_member_reuses_the_loaded_network_on_mirrored_slices():
+    """Test-time augmentation: "unet_4class:flip" is the loaded U-Net again, on the slices
+    mirrored anterior <-> posterior, its probabilities mirrored back."""
+    from pipeline.inference import Ensemble, Mirrored
+
+    weights = MODELS / "unet_4class.weights.h5"
+    ensemble = Ensemble.load([weights, f"{weights}:flip"])
+    plain, mirrored = ensemble.members
+    assert isinstance(mirrored, Mirrored) and mirrored.segmenter is plain  # loaded once
+    slices = np.random.default_rng(0).integers(0, 255, (2, 96, 80)).astype(np.float32)
+    np.testing.assert_allclose(mirrored.probabilities(slices), plain.probabilities(slices[..., ::-1])[:, :, ::-1])
+    assert ensemble.info.sha256 != Ensemble.load([weights, weights]).info.sha256  # a mirror is another member

@@ -18,7 +18,7 @@ from dicom_io.geometry import InPlaneFlip
 from dicom_io.series import Series, load_series
 from pipeline.analysis import Analysis, AnalysisConfig, analyze, with_member_angles, with_second_opinion
 from pipeline.classify import Thresholds
-from pipeline.inference import Ensemble, LordosisClassifier
+from pipeline.inference import Ensemble, LordosisClassifier, Mirrored
 from pipeline.overlay import render_overlay
 from worker.settings import Settings
 
@@ -164,7 +164,8 @@ def refusal(reason: str, models: Models | None, flags=()) -> dict:
 def model_block(models: Models) -> dict:
     block = models.segmenter.info.as_dict()
     if len(models.segmenter.members) > 1:
-        block["members"] = [member.info.as_dict() for member in models.segmenter.members]
+        block["members"] = [{**member.info.as_dict(), **({"mirrored": True} if isinstance(member, Mirrored) else {})}
+                            for member in models.segmenter.members]
     if models.classifier is not None:
         block["classifier"] = models.classifier.info.as_dict()
     return block

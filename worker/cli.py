@@ -107,7 +107,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from worker.settings import Settings
 
     settings = Settings.from_env()
-    missing = [w for w in settings.segmentation_weights() if not w.is_file()]
+    missing = [w for w in settings.segmentation_weights() if not Path(str(w).removesuffix(":flip")).is_file()]
     if missing or not settings.segmentation_weights():
         print(f"analyze: no segmentation weights at {missing[0] if missing else settings.model_dir}: run `make train`",
               file=sys.stderr)
@@ -161,7 +161,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.no_key_image:
         settings = dataclasses.replace(settings, key_image=False)
-    missing = [w for w in settings.segmentation_weights() if not w.is_file()]
+    missing = [w for w in settings.segmentation_weights() if not Path(str(w).removesuffix(":flip")).is_file()]
     if missing or not settings.segmentation_weights():
         print(f"process: no segmentation weights at {missing[0] if missing else settings.model_dir}: run `make train`",
               file=sys.stderr)

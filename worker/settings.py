@@ -223,8 +223,11 @@ class Settings:
         return self.model_dir / f"{model}.weights.h5"
 
     def segmentation_weights(self) -> list[Path]:
-        """The U-Net's weights: one file, or one per ensemble member."""
-        return [self.weights(name.strip()) for name in self.segmentation_model.split(",") if name.strip()]
+        """The U-Net's weights: one file, or one per ensemble member ("name:flip": that
+        network again on the mirrored slices, test-time augmentation)."""
+        names = [name.strip() for name in self.segmentation_model.split(",") if name.strip()]
+        return [Path(f"{self.weights(name.removesuffix(':flip'))}{':flip' if name.endswith(':flip') else ''}")
+                for name in names]
 
     @property
     def callers(self) -> dict[str, Destination | None]:
