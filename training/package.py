@@ -210,14 +210,16 @@ def _classifier_section(run: Path, info: dict) -> list[str]:
 
 def _headline(run: Path) -> dict:
     """The figures the targets are set on, from one segmentation run's eval/metrics.json."""
-    metrics = _read(run / "eval", "metrics.json")
+    return {"seed": _read(run, "config.json").get("seed"), **_figures(_read(run / "eval", "metrics.json"))}
+
+
+def _figures(metrics: dict) -> dict:
     ident, real, syn = (metrics.get(k, {}) for k in ("identification", "l1_l5_angle_real", "lla_synthetic"))
 
     def median(agreement: dict) -> str:  # the table's header says the interval is a 95% CI
         return _fmt(agreement["median_abs_error_deg"], 2) + _interval(agreement, "") if agreement.get("n") else "-"
 
-    return {"seed": _read(run, "config.json").get("seed"),
-            "dice": _fmt(metrics.get("mean_over_patients", {}).get("vertebra", {}).get("dice")),
+    return {"dice": _fmt(metrics.get("mean_over_patients", {}).get("vertebra", {}).get("dice")),
             "identified": (f"{ident['correct']}/{ident['slices']} ({ident['accuracy']:.1%})"
                            if ident.get("slices") else "-"),
             "real": median(real) + (f", n = {real['n']}" if real.get("n") else ""), "synthetic": median(syn)}
@@ -304,7 +306,7 @@ def _write_members_section(out: Path) -> None:
              "| --- | --- | --- | --- | --- | --- |"]
     for description in sorted(out.glob(f"{SEGMENTATION_NAME}_seed*.json")):
         info = json.loads(description.read_text())
-        h = _headline_from(_read(out / f"{info['name']}.run", "metrics.json"))
+        h = _figures(_read(out / f"{info['name']}.run", "metrics.json"))
         lines.append(f"| `{info['name']}` | {info['seed']} | `{info['sha256'][:16]}...` | {h['dice']} | "
                      f"{h['identified']} | {h['real']} |")
     lines.append(MEMBERS_END)
@@ -318,14 +320,6 @@ def _write_members_section(out: Path) -> None:
         at = text.index(marker) if marker in text else len(text)
         text = text[:at] + "\n".join(lines) + "\n\n" + text[at:]
     card.write_text(text)
-
-
-def _headline_from(metrics: dict) -> dict:
-    ident, real = metrics.get("identification", {}), metrics.get("l1_l5_angle_real", {})
-    return {"dice": _fmt(metrics.get("mean_over_patients", {}).get("vertebra", {}).get("dice")),
-            "identified": f"{ident['correct']}/{ident['slices']} ({ident['accuracy']:.1%})" if ident.get("slices") else "-",
-            "real": (_fmt(real["median_abs_error_deg"], 2) + _interval(real, "") + f", n = {real['n']}")
-            if real.get("n") else "-"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

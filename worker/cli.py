@@ -107,10 +107,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from worker.settings import Settings
 
     settings = Settings.from_env()
-    missing = [w for w in settings.segmentation_weights() if not Path(str(w).removesuffix(":flip")).is_file()]
-    if missing or not settings.segmentation_weights():
-        print(f"analyze: no segmentation weights at {missing[0] if missing else settings.model_dir}: run `make train`",
-              file=sys.stderr)
+    missing = settings.missing_segmentation_weights()
+    if missing:
+        print(f"analyze: no segmentation weights at {missing[0]}: run `make train`", file=sys.stderr)
         return analyze.EXIT_REFUSED
     models = analyze.Models.load(settings)
     measured = analyze.run(Path(args.path), models, settings,
@@ -161,10 +160,9 @@ def cmd_process(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.no_key_image:
         settings = dataclasses.replace(settings, key_image=False)
-    missing = [w for w in settings.segmentation_weights() if not Path(str(w).removesuffix(":flip")).is_file()]
-    if missing or not settings.segmentation_weights():
-        print(f"process: no segmentation weights at {missing[0] if missing else settings.model_dir}: run `make train`",
-              file=sys.stderr)
+    missing = settings.missing_segmentation_weights()
+    if missing:
+        print(f"process: no segmentation weights at {missing[0]}: run `make train`", file=sys.stderr)
         return analyze.EXIT_REFUSED
     outputs = process.process_series(Path(args.series), analyze.Models.load(settings), settings)
     written = process.write_outputs(outputs, Path(args.out))

@@ -229,6 +229,11 @@ class Settings:
         return [Path(f"{self.weights(name.removesuffix(':flip'))}{':flip' if name.endswith(':flip') else ''}")
                 for name in names]
 
+    def missing_segmentation_weights(self) -> list[Path]:
+        """The U-Net weights files that are not there (a mirrored member needs its network's file)."""
+        files = [Path(str(path).removesuffix(":flip")) for path in self.segmentation_weights()]
+        return [path for path in files if not path.is_file()] if files else [self.model_dir]
+
     @property
     def callers(self) -> dict[str, Destination | None]:
         return parse_callers(self.allowed_callers)
