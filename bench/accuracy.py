@@ -34,7 +34,8 @@ from pipeline.cobb import signed_angle_deg, to_mm
 from pipeline.labels import LEVEL_VALUES
 from training.evaluate import overlap_counts
 from training.measurement import _level_under, median_interval, reference_endplate
-from training.real_data import load_real, shared_data_dir, wrap_as_dicom
+from dicom_io.volumes import load_real, wrap_as_dicom
+from training.datasets import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "accuracy.json"
@@ -124,8 +125,8 @@ def spider_patient(patient: str, models, settings, data: Path) -> tuple[dict, np
 def synthetic_series(count: int, models, settings, work: Path, first_seed: int = 900_000) -> list[dict]:
     """Fresh phantom series (seeds no training run draws) written as DICOM and analysed: the
     L1-S1 angle against its exact truth."""
-    from training.phantom import PhantomParams
-    from training.studies import write_phantom_study
+    from pipeline.synthetic.phantom import PhantomParams
+    from worker.phantom_study import write_phantom_study
     from worker import analyze
 
     cases = []

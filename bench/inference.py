@@ -32,7 +32,7 @@ def _timed(fn, repeats: int) -> list[float]:
 
 def _inputs() -> tuple[np.ndarray, np.ndarray]:
     from pipeline.preprocess import classifier_input, to_network
-    from training.phantom import PhantomParams, make_phantom
+    from pipeline.synthetic.phantom import PhantomParams, make_phantom
 
     phantom = make_phantom(PhantomParams(seed=77, slices=SLICES))
     return to_network(phantom.image, 256), classifier_input(phantom.image[phantom.mid_slice], 224)

@@ -18,8 +18,8 @@ from bench.common import (DCMTK_ENV, command_line, descendants, free_port, peak_
 from db import JobStore
 from dicom_io.scu import send_files
 from tests.local_services import postgres_url, redis_url
-from training.phantom import PhantomParams
-from training.studies import write_phantom_study
+from pipeline.synthetic.phantom import PhantomParams
+from worker.phantom_study import write_phantom_study
 from worker.settings import Settings
 
 POSTGRES_URL = postgres_url()  # what scripts/start-services.sh set up

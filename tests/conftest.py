@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.local_services import postgres_url, redis_url
-from training.real_data import shared_data_dir
+from training.datasets import shared_data_dir
 
 
 def require_tool(name: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.analysis import analyze, soft_body, vertebra_share, with_second_opinion
 from pipeline.labels import CANAL, DISC, VERTEBRA
-from training.phantom import LABELS, PhantomParams, make_phantom
+from pipeline.synthetic.phantom import LABELS, PhantomParams, make_phantom
 
 
 def classes_of(labels: np.ndarray) -> np.ndarray:

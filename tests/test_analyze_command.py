@@ -18,7 +18,7 @@ from dicom_io.series import load_series
 from pipeline.analysis import analyze
 from pipeline.labels import LEVEL_VALUES
 from tests.test_analysis import classes_of
-from training.phantom import PhantomParams, make_phantom
+from pipeline.synthetic.phantom import PhantomParams, make_phantom
 from worker import analyze as command
 
 LUMBARNODE = Path(sys.executable).with_name("lumbarnode")

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.analysis import AnalysisConfig, analyze, with_member_angles
 from tests.test_analysis import classes_of
-from training.phantom import PhantomParams, make_phantom
+from pipeline.synthetic.phantom import PhantomParams, make_phantom
 
 LUMBARNODE = Path(sys.executable).with_name("lumbarnode")
 MODELS = Path(__file__).resolve().parents[1] / "models"

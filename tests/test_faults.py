@@ -23,11 +23,11 @@ from db import JobStore
 from dicom_io.scp import StorageSCP
 from dicom_io.scu import echo, send_files
 from dicom_io.series import decodable_transfer_syntaxes
-from tests.conftest import (POSTGRES_URL, RedisServer, TcpProxy, free_port, postgres_schema, schema_url, storescp,
+from tests.conftest import (RedisServer, TcpProxy, free_port, postgres_schema, schema_url, storescp,
                             wait_until)
 from tests.test_node import final_job
-from training.phantom import PhantomParams
-from training.studies import write_phantom_study
+from pipeline.synthetic.phantom import PhantomParams
+from worker.phantom_study import write_phantom_study
 from worker.settings import Settings
 
 

@@ -26,8 +26,8 @@ from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from dicom_io.scu import echo, send_files
 from tests.conftest import (DCMTK_ENV, REDIS_URL, free_port, postgres_schema, require_tool, schema_url,
                             storescp, wait_until)
-from training.phantom import PhantomParams
-from training.studies import write_phantom_study
+from pipeline.synthetic.phantom import PhantomParams
+from worker.phantom_study import write_phantom_study
 from worker.settings import Settings
 
 FINAL = ("done", "skipped", "failed", "export_failed")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.real_data import load_real, wrap_as_dicom
+from dicom_io.volumes import load_real, wrap_as_dicom
 from worker import analyze
 from worker.settings import Settings
 

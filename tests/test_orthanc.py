@@ -27,7 +27,7 @@ from db import JobStore
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from tests.conftest import require_tool
 from tests.conftest import DCMTK_ENV, free_port, wait_until
-from training.real_data import load_real, wrap_as_dicom
+from dicom_io.volumes import load_real, wrap_as_dicom
 from worker.demo import DEMO_VOLUME
 from worker.settings import Settings
 

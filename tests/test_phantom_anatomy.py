@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.phantom import LABELS, Phantom, PhantomParams, classify_lla, make_phantom
+from pipeline.synthetic.phantom import LABELS, Phantom, PhantomParams, classify_lla, make_phantom
 
 ANISO = dict(rows=448, cols=320, row_spacing_mm=0.6, col_spacing_mm=0.9)
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")

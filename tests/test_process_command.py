@@ -20,8 +20,8 @@ from dicom_io import codes
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from tests.conftest import require_tool
 from tests.test_dicom_results import PRIVATE_SCHEME_WARNING, dciodvfy, seg_frames_by_source, segment_numbers
-from training.phantom import PhantomParams
-from training.studies import write_phantom_study
+from pipeline.synthetic.phantom import PhantomParams
+from worker.phantom_study import write_phantom_study
 from worker.settings import Settings
 
 LUMBARNODE = Path(sys.executable).with_name("lumbarnode")

@@ -9,7 +9,7 @@ import pytest
 from dicom_io.mr_writer import to_stored_values
 from dicom_io.series import load_series
 from tests.conftest import dciodvfy_errors
-from training.real_data import load_real, wrap_as_dicom
+from dicom_io.volumes import load_real, wrap_as_dicom
 
 
 def test_per_level_volume_wraps_into_a_valid_series_with_exact_pixels(shared_data, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.labels import CANAL, DISC, LEVEL_VALUES, UNIDENTIFIED_VERTEBRA, VERTEBRA
 from pipeline.series_labels import label_slice, series_label_volume
-from training.phantom import LABELS, PhantomParams, make_phantom
+from pipeline.synthetic.phantom import LABELS, PhantomParams, make_phantom
 
 LEVEL_SET = list(LEVEL_VALUES.values())
 

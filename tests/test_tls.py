@@ -27,8 +27,8 @@ from dicom_io.scu import SendError, echo, send_files
 from dicom_io.series import decodable_transfer_syntaxes
 from dicom_io.tls import client_context, server_context
 from tests.conftest import DCMTK_ENV, free_port, require_tool, wait_until
-from training.phantom import PhantomParams
-from training.studies import write_phantom_study
+from pipeline.synthetic.phantom import PhantomParams
+from worker.phantom_study import write_phantom_study
 from worker.node import Node
 from worker.settings import Settings
 

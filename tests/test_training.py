@@ -131,7 +131,7 @@ def test_fastmonai_loader_is_unlabelled(shared_data):
 
 
 def test_phantom_slices_map_to_the_four_classes(tmp_path):
-    from training.phantom import LABELS
+    from pipeline.synthetic.phantom import LABELS
 
     assert {v: int(ds.PHANTOM_TO_CLASS[v]) for v in LABELS.values()} == {
         11: 1, 12: 1, 20: 1, 21: 1, 22: 1, 23: 1, 24: 1, 26: 1, 50: 1, 30: 2, 40: 3}

@@ -55,8 +55,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dicom_io.volumes import load_real
 from pipeline.networks import SEGMENTATION_CLASSES
-from training.real_data import load_real, shared_data_dir
+
+SHARED_DATA_ENV = "LUMBARNODE_SHARED_DATA"
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the checkout, or wherever LUMBARNODE_SHARED_DATA points."""
+    if os.environ.get(SHARED_DATA_ENV):
+        return Path(os.environ[SHARED_DATA_ENV])
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 N_CLASSES = len(SEGMENTATION_CLASSES)
 BACKGROUND, VERTEBRA, DISC, CANAL = 0, 1, 2, 3
@@ -362,7 +372,7 @@ def _phantom_cached(params, cache_dir: Path | None) -> dict:
     """make_phantom through an .npz cache keyed by the parameters and the phantom code itself."""
     import dataclasses
 
-    from training import phantom as ph
+    from pipeline.synthetic import phantom as ph
 
     code = hashlib.sha256(Path(ph.__file__).read_bytes()).hexdigest()[:12]
     key = hashlib.sha256((json.dumps(dataclasses.asdict(params), sort_keys=True) + code).encode()).hexdigest()[:20]
@@ -382,7 +392,7 @@ def _phantom_cached(params, cache_dir: Path | None) -> dict:
 
 def phantom_params(index: int, seed: int, slices: int, lla_range: tuple[float, float]):
     """Deterministic parameters of phantom `index`: LLA uniform in lla_range, T2 / T1 alternating."""
-    from training.phantom import PhantomParams
+    from pipeline.synthetic.phantom import PhantomParams
 
     rng = np.random.default_rng([seed, index])
     return PhantomParams(lla_deg=float(rng.uniform(*lla_range)), seed=seed * 100_000 + index, slices=slices,

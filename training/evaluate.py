@@ -237,7 +237,7 @@ def evaluate_classifier(model_weights, samples: Sequence[ds.Sample], input_size:
     sample's reference LLA."""
     from pipeline.networks import build_deteclordose
     from pipeline.preprocess import classifier_input
-    from training.train import build_baseline, lordosis_class_index
+    from training.baselines import build_baseline, lordosis_class_index
 
     def builder():
         return build_baseline(baseline, input_size) if baseline else build_deteclordose(input_size, dense=dense)

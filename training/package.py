@@ -52,7 +52,7 @@ SOURCES = {
                         "OSF licence not checked. Vertebral bodies L1-L5 labelled per level.",
     "chu2015-vb2": "Chu et al., PLoS ONE 10(11):e0143327, 2015 (doi:10.1371/journal.pone.0143327), 3-D T2 TSE, "
                    "via fastcleverseg (GPL-3.0); Zenodo licence not checked. Bodies T11-L5 labelled per level.",
-    "phantom": "synthetic sagittal lumbar MR made by training/phantom.py (exact labels and LLA by construction).",
+    "phantom": "synthetic sagittal lumbar MR made by pipeline/synthetic/phantom.py (exact labels and LLA by construction).",
 }
 
 

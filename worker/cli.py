@@ -29,8 +29,8 @@ def _pair(text: str, cast=float) -> tuple:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from training.phantom import PhantomParams
-    from training.studies import write_phantom_study
+    from pipeline.synthetic.phantom import PhantomParams
+    from worker.phantom_study import write_phantom_study
 
     rows, cols = args.size
     params = PhantomParams(lla_deg=args.lla, seed=args.seed, slices=args.slices, rows=rows, cols=cols,
@@ -84,7 +84,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_wrap(args: argparse.Namespace) -> int:
-    from training.real_data import load_real, wrap_as_dicom
+    from dicom_io.volumes import load_real, wrap_as_dicom
 
     try:
         volume = load_real(args.source, spacing_mm=args.spacing)

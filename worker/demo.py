@@ -38,14 +38,14 @@ def free_port() -> int:
 
 def make_study(out: Path, phantom: bool) -> Path:
     if phantom:
-        from training.phantom import PhantomParams
-        from training.studies import write_phantom_study
+        from pipeline.synthetic.phantom import PhantomParams
+        from worker.phantom_study import write_phantom_study
 
         study = write_phantom_study(PhantomParams(lla_deg=47.0, seed=1001, rows=448, cols=320,
                                                   row_spacing_mm=0.6, col_spacing_mm=0.9), out)
         print(f"study: synthetic phantom, LLA {study.truth['lla_deg']:.1f} deg by construction")
         return study.dicom_dir
-    from training.real_data import load_real, wrap_as_dicom
+    from dicom_io.volumes import load_real, wrap_as_dicom
 
     volume = load_real(DEMO_VOLUME)
     wrap_as_dicom(volume, out / "dicom")

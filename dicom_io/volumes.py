@@ -1,4 +1,4 @@
-"""Real sagittal lumbar MRI from `../shared/data`, read into the canonical layout.
+"""Labelled sagittal volumes (`.npz`, NIfTI, PNG slices: the formats of `../shared/data`) read into the canonical layout, and written as DICOM.
 
 Every reader returns a `RealVolume`: image (slices, rows, cols) with rows superior ->
 inferior and columns anterior -> posterior, labels in the project's numbering where the
@@ -14,7 +14,6 @@ assumed unless a spacing is given, which is fine for segmentation and wrong for 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,6 @@ import cv2
 import numpy as np
 
 from dicom_io.mr_writer import MRSeriesInfo, Patient, to_stored_values, write_mr_series
-
-SHARED_DATA_ENV = "LUMBARNODE_SHARED_DATA"
-
-
-def shared_data_dir() -> Path:
-    """`../shared/data` beside the checkout, or wherever LUMBARNODE_SHARED_DATA points."""
-    if os.environ.get(SHARED_DATA_ENV):
-        return Path(os.environ[SHARED_DATA_ENV])
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @dataclass(frozen=True)
 class RealVolume:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dicom_io.mr_writer import MRSeriesInfo, Patient, write_mr_series
-from training.phantom import LABELS, Phantom, PhantomParams, make_phantom
+from pipeline.synthetic.phantom import LABELS, Phantom, PhantomParams, make_phantom
 
 
 @dataclass(frozen=True)
