@@ -62,7 +62,7 @@ def _direction_mm(ends, spacing) -> np.ndarray:
 
 def per_level_volume(path: Path, models, settings, work: Path) -> dict:
     """One volume through analyze as a DICOM series, judged on the slice analyze chose."""
-    from worker import analyze
+    from worker import analyze, method, rendering
 
     volume = load_real(path)
     folder = work / f"{path.parent.name}-{path.stem}"
@@ -70,12 +70,13 @@ def per_level_volume(path: Path, models, settings, work: Path) -> dict:
     started = time.perf_counter()
     measured = analyze.run(folder, models, settings)
     seconds = time.perf_counter() - started
+    result = rendering.as_json(measured)
     case = {"item": f"{path.parent.name}/{path.name}", "seconds": round(seconds, 2),
-            "exit": analyze.exit_code(measured.result), "flags": measured.result.get("flags", []),
-            "lla_deg": measured.result.get("lla_deg"), "lla_spread_deg": measured.result.get("lla_spread_deg")}
+            "exit": rendering.exit_code(measured), "flags": result["flags"],
+            "lla_deg": result["lla_deg"], "lla_spread_deg": result.get("lla_spread_deg")}
     analysis = measured.analysis
     if analysis is None or analysis.slice_index is None:
-        reason = measured.result.get("refused", "no slice measured")
+        reason = result.get("refused", "no slice measured")
         return {**case, "refused": reason, "identified": False, "errors": {lv: "refused" for lv in LUMBAR}}
     k = analysis.slice_index
     # the series as analyze loaded it is the volume's own slice order and layout (checked here)
@@ -100,19 +101,20 @@ def per_level_volume(path: Path, models, settings, work: Path) -> dict:
         case.update(l1_l5_measured_deg=round(float(measured_deg), 2), l1_l5_reference_deg=round(float(reference_deg), 2),
                     l1_l5_error_deg=round(float(measured_deg - reference_deg), 2))
     PICTURES.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(PICTURES / f"{path.parent.name}-{path.stem}.png"), analyze.overlay(analysis, measured.slices))
+    cv2.imwrite(str(PICTURES / f"{path.parent.name}-{path.stem}.png"), method.overlay_bgr(measured))
     return case
 
 
 def spider_patient(patient: str, models, settings, data: Path) -> tuple[dict, np.ndarray]:
     """Every slice of one SPIDER patient through analyze as a PNG: overlap counts per class."""
-    from worker import analyze
+    from worker import analyze, rendering
 
     counts = np.zeros((3, 3))
     exits: dict[int, int] = {}
     for image in sorted((data / SPIDER / "images").glob(f"{patient}_*.png")):
         measured = analyze.run(image, models, settings)
-        exits[analyze.exit_code(measured.result)] = exits.get(analyze.exit_code(measured.result), 0) + 1
+        code = rendering.exit_code(measured)
+        exits[code] = exits.get(code, 0) + 1
         mask = cv2.imread(str(data / SPIDER / "masks" / image.name), cv2.IMREAD_GRAYSCALE)
         if measured.class_maps is None:  # refused: nothing segmented counts as nothing found
             predicted = np.zeros_like(mask)
@@ -127,12 +129,12 @@ def synthetic_series(count: int, models, settings, work: Path, first_seed: int =
     L1-S1 angle against its exact truth."""
     from pipeline.synthetic.phantom import PhantomParams
     from worker.phantom_study import write_phantom_study
-    from worker import analyze
+    from worker import analyze, rendering
 
     cases = []
     for seed in range(first_seed, first_seed + count):
         study = write_phantom_study(PhantomParams(seed=seed, slices=7), work / f"phantom-{seed}")
-        result = analyze.run(study.dicom_dir, models, settings).result
+        result = rendering.as_json(analyze.run(study.dicom_dir, models, settings))
         truth = study.truth["lla_deg"]
         cases.append({"seed": seed, "truth_deg": round(truth, 2), "lla_deg": result["lla_deg"],
                       "lla_spread_deg": result.get("lla_spread_deg"), "flags": result["flags"],
@@ -153,14 +155,14 @@ def main() -> int:
     parser.add_argument("--synthetic", type=int, default=30, help="fresh phantom series for the L1-S1 angle (0: none)")
     args = parser.parse_args()
 
-    from worker import analyze
+    from worker.method import Models
     from worker.settings import Settings
 
     settings = Settings.from_env()
-    models = analyze.Models.load(settings)
+    models = Models.load(settings)
     data = shared_data_dir()
     patients = validation_patients(Path(args.run))
-    report: dict = {"model": analyze.model_block(models), "per_level": [], "spider": {}}
+    report: dict = {"model": models.used().as_dict(), "per_level": [], "spider": {}}
     with tempfile.TemporaryDirectory() as work:
         for source in PER_LEVEL:
             for patient in patients.get(source, []):

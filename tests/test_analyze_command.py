@@ -16,10 +16,11 @@ from dicom_io.geometry import InPlaneFlip
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from dicom_io.series import load_series
 from pipeline.analysis import analyze
+from pipeline.inference import ModelInfo
 from pipeline.labels import LEVEL_VALUES
 from tests.test_analysis import classes_of
 from pipeline.synthetic.phantom import PhantomParams, make_phantom
-from worker import analyze as command
+from worker import method, rendering
 
 LUMBARNODE = Path(sys.executable).with_name("lumbarnode")
 CONTRACT_KEYS = {"lla_deg", "class", "cnn_class", "cnn_probabilities", "flags", "slice_index", "vertebrae", "model"}
@@ -58,7 +59,7 @@ def test_unreadable_input_is_refused_with_one_line_and_a_json_object(untrained_m
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"not dicom")
     plain = run(str(bad), env_models=untrained_models)
-    assert plain.returncode == command.EXIT_REFUSED
+    assert plain.returncode == rendering.EXIT_REFUSED
     assert plain.stdout.strip().count("\n") == 0 and plain.stdout.startswith("refused: malformed_file")
     result = json.loads(run(str(bad), "--json", env_models=untrained_models).stdout)
     assert CONTRACT_KEYS <= set(result) and result["lla_deg"] is None and "broken.dcm" in result["refused"]
@@ -71,13 +72,13 @@ def test_no_spine_found_is_a_refusal_naming_the_model(untrained_models, tmp_path
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (96, 80), dtype=np.uint8))
     done = run(str(image), "--json", "--pixel-spacing", "0.8", "0.8", env_models=untrained_models)
     result = json.loads(done.stdout)
-    assert done.returncode == command.EXIT_REFUSED and result["refused"].startswith("no spine found")
+    assert done.returncode == rendering.EXIT_REFUSED and result["refused"].startswith("no spine found")
     assert result["model"]["name"] == "unet_4class" and len(result["model"]["sha256"]) == 64
 
 
 def test_missing_weights_point_to_the_training_command(tmp_path):
     done = run(str(tmp_path), env_models=tmp_path)
-    assert done.returncode == command.EXIT_REFUSED and "make train" in done.stderr
+    assert done.returncode == rendering.EXIT_REFUSED and "make train" in done.stderr
 
 
 def test_results_are_reported_on_the_pixels_of_the_input_slice(tmp_path):
@@ -88,17 +89,18 @@ def test_results_are_reported_on_the_pixels_of_the_input_slice(tmp_path):
                     MRSeriesInfo(key="analyze-flip"), tmp_path, in_plane=flip)
     series = load_series(tmp_path)
     analysis = analyze(classes_of(phantom.labels), (0.9, 0.9))
-    slices = command.Slices(series.pixels, (0.9, 0.9), series.in_plane,
-                            tuple(s.sop_instance_uid for s in series.slices))
+    slices = method.Slices.of(series, (0.9, 0.9))
+    model = ModelInfo("unet_4class", "test", "0" * 64, "unet", 256, ("background", "vertebra", "disc", "canal"))
+    measured = method.SeriesResult(method.Outcome.MEASURED, method.ModelsUsed(model), analysis=analysis, slices=slices)
 
-    result = command.report(analysis, slices, {"name": "unet_4class", "version": "test", "sha256": "0" * 64})
+    result = rendering.as_json(measured)
     assert CONTRACT_KEYS <= set(result) and result["class"] == "normal"
-    mask = command.mask_on_source(analysis, slices)
+    mask = method.mask_on_source(measured)
     stored = flip.to_source(phantom.labels[analysis.slice_index])
     assert mask.shape == stored.shape == (320, 320)
     r, c = (int(round(v)) for v in result["vertebrae"]["L3"]["centroid"])
     assert mask[r, c] == LEVEL_VALUES["L3"] and stored[r, c] == LEVEL_VALUES["L3"]
     assert set(np.unique(mask)) <= {0, 11, 12, 19, 20, 21, 22, 23, 24, 25, 26, 30, 40}
     assert result["sop_instance_uid"] == series.slices[analysis.slice_index].sop_instance_uid
-    picture = command.overlay(analysis, slices)
+    picture = method.overlay_bgr(measured)
     assert picture.ndim == 3 and picture.shape[2] == 3 and min(picture.shape[:2]) >= 320

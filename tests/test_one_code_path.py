@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from dicom_io.volumes import load_real, wrap_as_dicom
-from worker import analyze
+from worker import analyze, rendering
+from worker.method import Models
 from worker.settings import Settings
 
 LUMBARNODE = Path(sys.executable).with_name("lumbarnode")
@@ -23,7 +24,7 @@ SLICE = "spider-t2-slices/images/136_65.png"  # a slice that analyze once refuse
 
 @pytest.fixture(scope="module")
 def models():
-    return analyze.Models.load(Settings.from_env())
+    return Models.load(Settings.from_env())
 
 
 def test_png_dicom_and_evaluate_segment_a_real_slice_alike(shared_data, models, tmp_path):
@@ -42,21 +43,23 @@ def test_png_dicom_and_evaluate_segment_a_real_slice_alike(shared_data, models, 
     # evaluate's model.predict and the worker's compiled call round differently in the last bits
     agreement = float(np.mean(as_png.class_maps[0] == as_evaluated))
     assert agreement > 0.999, f"analyze and evaluate agree on {agreement:.4%} of the pixels"
-    assert as_png.result["vertebrae"] == as_dicom.result["vertebrae"]
-    assert as_png.result["lla_deg"] == as_dicom.result["lla_deg"]
+    png_json, dicom_json = rendering.as_json(as_png), rendering.as_json(as_dicom)
+    assert png_json["vertebrae"] == dicom_json["vertebrae"]
+    assert png_json["lla_deg"] == dicom_json["lla_deg"]
     # the PNG has no spacing (flagged as assumed); otherwise the answers are the same
-    assert [f for f in as_png.result["flags"] if f != "pixel_spacing_assumed_1mm"] == as_dicom.result["flags"]
+    assert [f for f in png_json["flags"] if f != "pixel_spacing_assumed_1mm"] == dicom_json["flags"]
 
 
 def test_the_command_answers_what_its_in_process_call_returns(shared_data, models):
     png = shared_data / SLICE
     done = subprocess.run([str(LUMBARNODE), "analyze", str(png), "--json"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == analyze.exit_code(json.loads(done.stdout))
-    in_process = analyze.run(png, models, Settings.from_env()).result
+    analysed = analyze.run(png, models, Settings.from_env())
+    assert done.returncode == rendering.exit_code(analysed)
+    in_process = rendering.as_json(analysed)
     printed = json.loads(done.stdout)
     assert printed["flags"] == in_process["flags"] and printed["vertebrae"] == in_process["vertebrae"]
     assert printed.get("segmentation_confidence") == pytest.approx(in_process.get("segmentation_confidence"), abs=1e-4)
-    assert done.returncode == analyze.EXIT_NOT_MEASURED  # a spine without a sacrum in view is no refusal
+    assert done.returncode == rendering.EXIT_NOT_MEASURED  # a spine without a sacrum in view is no refusal
 
 
 def test_the_accuracy_bench_judges_a_real_volume_on_the_slice_analyze_chose(shared_data, models, tmp_path):
@@ -65,7 +68,7 @@ def test_the_accuracy_bench_judges_a_real_volume_on_the_slice_analyze_chose(shar
     from bench.accuracy import per_level_volume, summarise
 
     case = per_level_volume(shared_data / "chu2015-vb2" / "02.npz", models, Settings.from_env(), tmp_path)
-    assert case["exit"] == analyze.EXIT_MEASURED and case["identified"], case
+    assert case["exit"] == rendering.EXIT_MEASURED and case["identified"], case
     assert abs(case["l1_l5_error_deg"]) < 5.0, case
     assert np.sign(case["l1_l5_measured_deg"]) == np.sign(case["l1_l5_reference_deg"])
     summary = summarise([case, {**case, "item": "chu2015-vb2/x.npz", "identified": False}])

@@ -116,11 +116,10 @@ def test_a_rerun_replaces_rather_than_duplicates_and_the_key_image_can_be_turned
 
 def test_results_are_numbered_after_their_source_series_and_under_the_site_root(study, monkeypatch):
     from dicom_io.series import load_series
-    from worker import process
-    from worker.analyze import Models
+    from worker.method import Models, run_series
 
     settings = dataclasses.replace(Settings(), uid_root="1.2.826.0.1.3680043.10.999", key_image=False)
-    outputs = process.process_loaded(load_series(study.dicom_dir), Models.load(settings), settings)
+    outputs = run_series(load_series(study.dicom_dir), Models.load(settings), settings)
     assert set(outputs.datasets) == {"seg", "sr"}
     for ds in outputs.datasets.values():
         assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.999.")

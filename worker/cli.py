@@ -103,37 +103,34 @@ def cmd_wrap(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from worker import analyze
+    from worker import analyze, method, rendering
     from worker.settings import Settings
 
     settings = Settings.from_env()
     missing = settings.missing_segmentation_weights()
     if missing:
         print(f"analyze: no segmentation weights at {missing[0]}: run `make train`", file=sys.stderr)
-        return analyze.EXIT_REFUSED
-    models = analyze.Models.load(settings)
-    measured = analyze.run(Path(args.path), models, settings,
-                           tuple(args.pixel_spacing) if args.pixel_spacing else None)
-    result, analysis, slices = measured.result, measured.analysis, measured.slices
-    code = analyze.exit_code(result)
-    if analysis is not None and code != analyze.EXIT_REFUSED:
+        return rendering.EXIT_REFUSED
+    analysed = analyze.run(Path(args.path), method.Models.load(settings), settings,
+                          tuple(args.pixel_spacing) if args.pixel_spacing else None)
+    result = rendering.as_json(analysed)
+    if analysed.outcome is not method.Outcome.REFUSED:
         import cv2
 
         if args.mask_out:
-            cv2.imwrite(args.mask_out, analyze.mask_on_source(analysis, slices))
+            cv2.imwrite(args.mask_out, method.mask_on_source(analysed))
         if args.overlay_out:
-            cv2.imwrite(args.overlay_out, analyze.overlay(analysis, slices))
+            cv2.imwrite(args.overlay_out, method.overlay_bgr(analysed))
     if args.json:
         print(json.dumps(result, indent=2))
-    elif code == analyze.EXIT_REFUSED:
+    elif analysed.outcome is method.Outcome.REFUSED:
         print(f"refused: {result['refused']}")
     else:
-        lla = _lla_text(result)
-        print(f"LLA {lla}; CNN {result['cnn_class']}; slice {result['slice_index']}; "
+        print(f"LLA {_lla_text(result)}; CNN {result['cnn_class']}; slice {result['slice_index']}; "
               f"levels {_levels(result)}")
         if result["flags"]:
             print("flags: " + ", ".join(result["flags"]))
-    return code
+    return rendering.exit_code(analysed)
 
 
 def _lla_text(result: dict) -> str:
@@ -151,7 +148,7 @@ def _levels(result: dict) -> str:
 def cmd_process(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from worker import analyze, process
+    from worker import method, process, rendering
     from worker.settings import Settings
 
     out = Path(args.out)
@@ -163,20 +160,19 @@ def cmd_process(args: argparse.Namespace) -> int:
     missing = settings.missing_segmentation_weights()
     if missing:
         print(f"process: no segmentation weights at {missing[0]}: run `make train`", file=sys.stderr)
-        return analyze.EXIT_REFUSED
-    outputs = process.process_series(Path(args.series), analyze.Models.load(settings), settings)
-    written = process.write_outputs(outputs, Path(args.out))
-    result = outputs.result
-    if outputs.refused:
+        return rendering.EXIT_REFUSED
+    processed = process.process_series(Path(args.series), method.Models.load(settings), settings)
+    written = rendering.write_results(processed, out)
+    result = rendering.as_json(processed)
+    if processed.outcome is method.Outcome.REFUSED:
         print(f"refused: {result['refused']} (no DICOM written; {written[-1]})", file=sys.stderr)
-        return outputs.code
-    lla = _lla_text(result)
-    print(f"LLA {lla}; CNN {result['cnn_class']}; levels {_levels(result)}")
+        return rendering.exit_code(processed)
+    print(f"LLA {_lla_text(result)}; CNN {result['cnn_class']}; levels {_levels(result)}")
     if result["flags"]:
         print("flags: " + ", ".join(result["flags"]))
     for path in written:
         print(f"wrote {path}")
-    return outputs.code
+    return rendering.exit_code(processed)
 
 
 def _positive(text: str) -> int:

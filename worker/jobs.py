@@ -29,10 +29,10 @@ from worker.assembly import INTAKE_FLAGS, instance_files
 from worker.settings import Destination, Settings
 
 if TYPE_CHECKING:
-    from worker.process import Outputs  # imports TensorFlow: inference workers only
+    from worker.method import SeriesResult  # imports TensorFlow: inference workers only
 
 log = logging.getLogger("lumbarnode.jobs")
-RESULT_FILES = ("seg.dcm", "sr.dcm", "key.dcm")
+RESULT_FILES = ("seg.dcm", "sr.dcm", "key.dcm")  # what export sends, in this order (worker/rendering.py writes them)
 # Series the method cannot use, found only once the pixels' geometry is read (mixed sizes,
 # one slice...): `skipped` like those triage turns away from headers. Files that should have
 # been usable but would not decode stay `failed`.
@@ -45,7 +45,7 @@ _models = None  # loaded once per worker process
 def models(settings: Settings):
     global _models
     if _models is None:
-        from worker.analyze import Models  # TensorFlow: imported by inference workers only
+        from worker.method import Models  # TensorFlow: imported by inference workers only
 
         _models = Models.load(settings)
     return _models
@@ -95,34 +95,33 @@ def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = Fal
         timings["queue_wait_s"] = (datetime.now(UTC) - job.queued_at).total_seconds()
     store.add_event("started", f"attempt {job.attempts}", job_id=job_id)
     with heartbeat(store, job_id, every_s=settings.job_timeout_s / 3):
-        outputs = _run_method(settings, store, job, timings)
-    if outputs is None:
+        result = _run_method(settings, store, job, timings)
+    if result is None:
         return None
     folder = results_dir(settings, job_id)
-    result = outputs.result
-    if outputs.refused:
-        store.set_status(job_id, "failed", reason="no_spine_found", error=result["refused"], timings=timings,
-                         results_dir=str(folder), flags=list(result.get("flags") or []))
-        store.add_event("failed", result["refused"], job_id=job_id)
+    if result.refusal is not None:
+        store.set_status(job_id, "failed", reason=result.refusal.reason, error=result.refusal.message,
+                         timings=timings, results_dir=str(folder), flags=list(result.flags))
+        store.add_event("failed", result.refusal.message, job_id=job_id)
         return None
-    model = result["model"]
-    uids = {kind: result["outputs"][kind]["sop_instance_uid"] for kind in result["outputs"]}
+    analysis, model = result.analysis, result.models.segmentation
     job = store.update_job(
-        job_id, timings=timings, results_dir=str(folder), lla_deg=result["lla_deg"],
-        lla_spread_deg=result.get("lla_spread_deg"), lla_class=result["class"],
-        cnn_class=result["cnn_class"], flags=list(result["flags"]), model_name=model["name"],
-        model_version=model["version"], model_sha256=model["sha256"],
-        seg_sop_instance_uid=uids.get("seg"), sr_sop_instance_uid=uids.get("sr"), key_sop_instance_uid=uids.get("key"),
+        job_id, timings=timings, results_dir=str(folder), lla_deg=analysis.lla_deg,
+        lla_spread_deg=analysis.lla_spread_deg, lla_class=analysis.lla_class,
+        cnn_class=analysis.cnn_class, flags=list(result.flags), model_name=model.name,
+        model_version=model.version, model_sha256=model.sha256,
+        **{f"{kind}_sop_instance_uid": getattr(result.datasets.get(kind), "SOPInstanceUID", None)
+           for kind in ("seg", "sr", "key")},
     )
-    lla = "not measured" if result["lla_deg"] is None else f"LLA {result['lla_deg']:.1f} deg ({result['class']})"
-    store.add_event("measured", f"{lla}; flags: {', '.join(result['flags']) or 'none'}", job_id=job_id)
+    lla = "not measured" if analysis.lla_deg is None else f"LLA {analysis.lla_deg:.1f} deg ({analysis.lla_class})"
+    store.add_event("measured", f"{lla}; flags: {', '.join(result.flags) or 'none'}", job_id=job_id)
     return job
 
 
-def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict) -> Outputs | None:
+def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict) -> SeriesResult | None:
     """Load the series, run the method and write the results folder; the job's timings are
     added to `timings`. None when the job ended here (skipped, failed), with its reason stored."""
-    from worker import process
+    from worker import method, rendering
 
     job_id = job.id
     try:
@@ -139,13 +138,13 @@ def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict
         loaded_models = models(settings)
         timings["model_load_s"] = time.perf_counter() - started - timings["load_s"]
         intake = tuple(flag for flag in job.flags if flag in INTAKE_FLAGS)
-        outputs = process.process_loaded(series, loaded_models, settings, intake)
-        timings.update(outputs.timings)
+        result = method.run_series(series, loaded_models, settings, intake)
+        timings.update(result.timings)
         folder = results_dir(settings, job_id)
         if folder.exists():
             shutil.rmtree(folder)  # a re-run writes the same objects again
-        process.write_outputs(outputs, folder)
-        return outputs
+        rendering.write_results(result, folder)
+        return result
     except Exception as exc:
         log.exception("job %d: the method failed", job_id)
         store.set_status(job_id, "failed", reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
