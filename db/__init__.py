@@ -5,6 +5,7 @@ SQLAlchemy 2 models (`db.models`), Alembic migrations (`db.migrate`, scripts in
 This package knows nothing of DICOM: UIDs are plain strings.
 """
 
+from db.lifecycle import Status, TransitionRefused
 from db.store import (
     EXPORT_STATUSES,
     FINISHED_STATUSES,
@@ -26,5 +27,7 @@ __all__ = [
     "ExportView",
     "JobStore",
     "JobView",
+    "Status",
+    "TransitionRefused",
     "redact",
 ]

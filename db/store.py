@@ -29,10 +29,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine
+from db.lifecycle import CREATED_IN, FINISHED, Status, check_move, may_move, status as _status
 from db.models import Event, Export, Job, Series, UTCDateTime
 
-STATUSES = ("received", "queued", "running", "done", "skipped", "failed", "export_failed")
-FINISHED_STATUSES = frozenset({"done", "skipped", "failed", "export_failed"})
+STATUSES = tuple(Status)  # db/lifecycle.py: the states and who may move a job between them
+FINISHED_STATUSES = FINISHED
 EXPORT_STATUSES = ("sent", "failed")
 
 # Columns update_job may set. Identity and history columns are not among them:
@@ -188,8 +189,7 @@ def _event_view(row: Event) -> EventView:
 
 
 def _check_status(status: str) -> str:
-    if status not in STATUSES:
-        raise ValueError(f"unknown job status {status!r}; expected one of {', '.join(STATUSES)}")
+    _status(status)
     return status
 
 
@@ -355,7 +355,8 @@ class JobStore:
     ) -> JobView:
         """A new job for the series, with version = the series' highest version + 1."""
         uids = _str_list("instance_uids", instance_uids)
-        _check_status(status)
+        if _status(status) not in CREATED_IN:
+            raise ValueError(f"a job is created {' or '.join(CREATED_IN)}, not {status}")
         for attempt in range(_VERSION_RETRIES):
             try:
                 with self._write_session.begin() as session:
@@ -401,7 +402,8 @@ class JobStore:
     def set_status(self, job_id: int, status: str, **fields: Any) -> JobView:
         """update_job with a new status, stamping queued_at (queued), started_at
         (running, only the first time) or finished_at (done, skipped, failed,
-        export_failed) unless the caller passes that column."""
+        export_failed) unless the caller passes that column. A move the lifecycle does not
+        allow from the job's current status raises TransitionRefused (nothing changes)."""
         clean = _clean_fields({**fields, "status": status})
         return self._update(job_id, clean, status=status)
 
@@ -411,6 +413,8 @@ class JobStore:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise KeyError(f"no job with id {job_id}")
+            if status is not None:
+                check_move(job.status, status)  # under the row lock: a compare-and-set
             now = utcnow()
             stamp = _stamp(status) if status is not None else None
             if stamp is not None:
@@ -432,7 +436,9 @@ class JobStore:
         the attempt. None when the job is not in one of `from_statuses` (or does not
         exist): another worker has it, or it is finished."""
         allowed = _check_statuses(from_statuses)
-        _check_status(to_status)
+        check = [s for s in allowed if not may_move(s, to_status)]
+        if check:
+            raise ValueError(f"a job cannot move from {', '.join(check)} to {to_status}")
         now = utcnow()
         values: dict[str, Any] = {"status": to_status, "attempts": Job.attempts + 1, "updated_at": now}
         stamp = _stamp(to_status)

@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
-from db import STATUSES, JobStore
+from db import STATUSES, JobStore, JobView
 from dicom_io.codes import flag_meaning
 from tests.conftest import free_port, postgres_schema, schema_url
 from worker import admin as admin_module
@@ -65,6 +65,12 @@ class Admin:
 # -- the database ---------------------------------------------------------------------
 
 
+def _claimed(store: JobStore, job: JobView) -> JobView:
+    """A new job queued and taken by a worker, as the node moves it (db/lifecycle.py)."""
+    store.set_status(job.id, "queued")
+    return store.claim_job(job.id)
+
+
 def _series(store: JobStore, n: int, accession: str, description: str, ae: str = "ORTHANC") -> int:
     now = datetime.now(UTC)
     return store.series_received(
@@ -84,9 +90,8 @@ def seed(store: JobStore, root: Path) -> tuple[dict[str, int], Path, Path]:
     destination = "ORTHANC@127.0.0.1:4242"
 
     # done: measured, exported, with an overlay picture (and a SEG next to it)
-    job = store.create_job(_series(store, 1, "ACC-1001", "T2 SAG LSPINE"), _instances(1), status="queued",
-                           destination=destination)
-    store.claim_job(job.id)
+    job = _claimed(store, store.create_job(_series(store, 1, "ACC-1001", "T2 SAG LSPINE"), _instances(1),
+                                           destination=destination))
     folder = root / f"job-{job.id}"
     folder.mkdir(parents=True)
     picture = np.full((*OVERLAY_SIZE, 3), 40, np.uint8)
@@ -94,11 +99,12 @@ def seed(store: JobStore, root: Path) -> tuple[dict[str, int], Path, Path]:
     overlay = folder / "overlay.png"
     assert cv2.imwrite(str(overlay), picture)
     (folder / "seg.dcm").write_bytes(b"SEG-BYTES-NOT-FOR-THE-BROWSER")
-    store.set_status(job.id, "done", lla_deg=47.3, lla_spread_deg=2.4, lla_class="normal", cnn_class="normal",
+    store.set_status(job.id, "exporting", lla_deg=47.3, lla_spread_deg=2.4, lla_class="normal", cnn_class="normal",
                      flags=DONE_FLAGS,
                      timings=DONE_TIMINGS, results_dir=str(folder), model_name="unet_4class",
                      model_version="1.0.0", model_sha256="ab" * 32, seg_sop_instance_uid=f"{UID}.1.501.1",
                      sr_sop_instance_uid=f"{UID}.1.502.1", key_sop_instance_uid=f"{UID}.1.503.1")
+    store.set_status(job.id, "done")
     store.add_export(job.id, destination=destination, attempt=1, status="sent", dimse_status="0x0000 0x0000 0x0000",
                      started_at=now, finished_at=now + timedelta(seconds=1))
     store.add_event("queued", f"series {UID}.1.1 complete: 15 instances", job_id=job.id)
@@ -111,12 +117,11 @@ def seed(store: JobStore, root: Path) -> tuple[dict[str, int], Path, Path]:
     ids["skipped"] = job.id
 
     # export_failed: measured, but the PACS refused twice; no overlay file
-    job = store.create_job(_series(store, 3, "ACC-1003", "T1 SAG LSPINE", ae="PACS2"), _instances(3),
-                           status="queued", destination="PACS@10.0.0.9:104")
-    store.claim_job(job.id)
+    job = _claimed(store, store.create_job(_series(store, 3, "ACC-1003", "T1 SAG LSPINE", ae="PACS2"), _instances(3),
+                                           destination="PACS@10.0.0.9:104"))
     folder = root / f"job-{job.id}"
     folder.mkdir()
-    store.set_status(job.id, "running", lla_deg=58.1, lla_class="hyperlordosis", cnn_class="hyperlordosis",
+    store.set_status(job.id, "exporting", lla_deg=58.1, lla_class="hyperlordosis", cnn_class="hyperlordosis",
                      timings={"inference_s": 9.0, "load_s": 0.3}, results_dir=str(folder))
     for attempt in (1, 2):
         store.add_export(job.id, destination="PACS@10.0.0.9:104", attempt=attempt, status="failed",
@@ -125,8 +130,7 @@ def seed(store: JobStore, root: Path) -> tuple[dict[str, int], Path, Path]:
     ids["export_failed"] = job.id
 
     # failed: an error, and an overlay.png that is a link to a file elsewhere
-    job = store.create_job(_series(store, 4, "ACC-1004", "T2 SAG LSPINE"), _instances(4), status="queued")
-    store.claim_job(job.id)
+    job = _claimed(store, store.create_job(_series(store, 4, "ACC-1004", "T2 SAG LSPINE"), _instances(4)))
     folder = root / f"job-{job.id}"
     folder.mkdir()
     secret = root.parent / "secret.png"
@@ -136,8 +140,8 @@ def seed(store: JobStore, root: Path) -> tuple[dict[str, int], Path, Path]:
     ids["failed"] = job.id
 
     # queued: waiting for a worker
-    ids["queued"] = store.create_job(_series(store, 5, "ACC-1005", "T2 SAG LSPINE"), _instances(5),
-                                     status="queued").id
+    ids["queued"] = store.set_status(store.create_job(_series(store, 5, "ACC-1005", "T2 SAG LSPINE"),
+                                                      _instances(5)).id, "queued").id
     return ids, overlay, secret
 
 
@@ -427,13 +431,13 @@ def test_metrics_are_read_from_the_database_at_scrape_time(admin: Admin) -> None
 
     # a job leaving the queue is seen by the next scrape
     queued = admin.ids["queued"]
-    admin.store.set_status(queued, "running")
+    admin.store.claim_job(queued)
     try:
         _, samples = _metrics(admin)
         assert samples[("lumbarnode_queue_depth", ())] == 0
         assert samples[("lumbarnode_jobs", (("status", "running"),))] == 1
     finally:
-        admin.store.set_status(queued, "queued")
+        admin.store.set_status(queued, "queued")  # the sweep's move: its worker presumed lost
 
 
 def test_quantiles_interpolate_between_ranks() -> None:

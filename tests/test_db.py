@@ -22,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
 from db import STATUSES, JobStore, JobView, redact
+from db.lifecycle import CREATED_IN, TRANSITIONS, Status, TransitionRefused
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import Base, Series
 from tests.conftest import POSTGRES_URL, postgres_schema
@@ -71,6 +72,14 @@ def add_series(store: JobStore, uid: str = "1.2.3.4.1", *, count: int = 3, at: d
     )
 
 
+def walk(store: JobStore, job_id: int, *statuses: str) -> JobView:
+    """Move a job along a path of the lifecycle, one allowed move at a time."""
+    job = store.get_job(job_id)
+    for status in statuses:
+        job = store.set_status(job_id, status)
+    return job
+
+
 def uids(n: int, prefix: str = "1.2.3.4.1.") -> list[str]:
     return [f"{prefix}{i}" for i in range(1, n + 1)]
 
@@ -114,15 +123,15 @@ def schema_differences(database: Database, metadata: sa.MetaData = Base.metadata
 def test_upgrade_is_idempotent_and_the_schema_equals_the_models(database: Database) -> None:
     assert current_revision(database.url, engine_options=database.engine_options) is None
     upgrade(database.url, engine_options=database.engine_options)
-    assert head_revision() == "0002"
-    assert current_revision(database.url, engine_options=database.engine_options) == "0002"
+    assert head_revision() == "0003"
+    assert current_revision(database.url, engine_options=database.engine_options) == "0003"
     assert schema_differences(database) == []
 
     store = database.store(create=False)
     job = store.create_job(add_series(store), uids(2))
     upgrade(database.url, engine_options=database.engine_options)  # again: nothing happens
     store.upgrade()
-    assert current_revision(database.url, engine_options=database.engine_options) == "0002"
+    assert current_revision(database.url, engine_options=database.engine_options) == "0003"
     assert store.get_job(job.id) == job
     store.dispose()
 
@@ -155,8 +164,8 @@ def test_migrate_command_works_from_any_directory(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "Warning" not in result.stderr, result.stderr
-    assert result.stdout.strip() == "0002"
-    assert current_revision(url) == "0002"
+    assert result.stdout.strip() == "0003"
+    assert current_revision(url) == "0003"
 
 
 def test_sqlite_connections_get_the_pragmas_and_the_folder_is_created(tmp_path: Path) -> None:
@@ -247,18 +256,20 @@ def test_status_changes_stamp_their_times(store: JobStore) -> None:
     rerun = store.set_status(job.id, "running")
     assert rerun.started_at == running.started_at  # the first start is kept
 
-    done = store.set_status(job.id, "done", lla_deg=47.5, lla_class="normal", reason=None)
+    exporting = store.set_status(job.id, "exporting", lla_deg=47.5, lla_class="normal", reason=None)
+    assert exporting.finished_at is None  # measured, not yet delivered
+    done = store.set_status(job.id, "done")
     assert done.finished_at is not None and done.finished_at >= rerun.started_at
     assert (done.status, done.lla_deg, done.lla_class, done.error) == ("done", 47.5, "normal", "worker lost")
     assert done.updated_at >= done.finished_at
 
     explicit = T0 + timedelta(hours=1)
-    skipped = store.set_status(store.create_job(job.series_id, uids(1)).id, "skipped",
-                               reason="not_sagittal", finished_at=explicit)
+    skipped = walk(store, store.create_job(job.series_id, uids(1)).id, "queued", "running")
+    skipped = store.set_status(skipped.id, "skipped", reason="not_sagittal", finished_at=explicit)
     assert (skipped.finished_at, skipped.reason) == (explicit, "not_sagittal")
 
-    created_queued = store.create_job(job.series_id, uids(1), status="queued")
-    assert created_queued.queued_at == created_queued.created_at
+    created_skipped = store.create_job(job.series_id, uids(1), status="skipped", reason="not_mr")
+    assert created_skipped.finished_at == created_skipped.created_at
 
 
 def test_update_job_merges_timings_and_sets_columns(store: JobStore) -> None:
@@ -290,6 +301,10 @@ def test_invalid_updates_are_refused_and_change_nothing(store: JobStore) -> None
         store.update_job(job.id, status="bogus")
     with pytest.raises(ValueError, match="status"):
         store.create_job(job.series_id, uids(1), status="bogus")
+    with pytest.raises(ValueError, match="created received or skipped"):
+        store.create_job(job.series_id, uids(1), status="done")
+    with pytest.raises(TransitionRefused, match="from received to done"):
+        store.set_status(job.id, "done", lla_deg=47.0)
     with pytest.raises(ValueError, match="status"):
         store.claim_job(job.id, from_statuses=("received",), to_status="bogus")
     with pytest.raises(ValueError, match="status"):
@@ -323,15 +338,17 @@ def test_claim_job_is_a_compare_and_set(store: JobStore) -> None:
     assert store.get_job(job.id) == claimed  # and changed nothing
     assert store.claim_job(10_000) is None
 
-    # Exporting a finished job: a second from-status and another target.
-    store.set_status(job.id, "export_failed")
-    again = store.claim_job(job.id, from_statuses=("done", "export_failed"), to_status="running")
+    # A worker resuming its own claim (the job database was away): a second from-status.
+    again = store.claim_job(job.id, from_statuses=("queued", "running"), to_status="running")
     assert again is not None and again.attempts == 2 and again.started_at == claimed.started_at
+    # A claim the lifecycle does not allow is refused before it runs.
+    with pytest.raises(ValueError, match="cannot move from done"):
+        store.claim_job(job.id, from_statuses=("done",), to_status="running")
 
 
 def test_concurrent_claims_have_exactly_one_winner(database: Database, store: JobStore) -> None:
     series_id = add_series(store)
-    jobs = [store.create_job(series_id, uids(1), status="queued") for _ in range(8)]
+    jobs = [store.set_status(store.create_job(series_id, uids(1)).id, "queued") for _ in range(8)]
     others = [database.store(create=False) for _ in range(2)]  # separate engines, like two workers
     try:
         for job in jobs:
@@ -381,9 +398,9 @@ def test_list_jobs_filters_and_orders_newest_first(store: JobStore) -> None:
 
 def test_jobs_in_status_finds_stuck_jobs(store: JobStore) -> None:
     series_id = add_series(store)
-    running = store.set_status(store.create_job(series_id, uids(1)).id, "running")
+    running = walk(store, store.create_job(series_id, uids(1)).id, "queued", "running")
     queued = store.set_status(store.create_job(series_id, uids(1)).id, "queued")
-    store.set_status(store.create_job(series_id, uids(1)).id, "done")
+    walk(store, store.create_job(series_id, uids(1)).id, "queued", "running", "exporting", "done")
 
     assert [j.id for j in store.jobs_in_status(("running", "queued"))] == [running.id, queued.id]
     assert [j.id for j in store.jobs_in_status("running")] == [running.id]
@@ -396,8 +413,8 @@ def test_jobs_in_status_finds_stuck_jobs(store: JobStore) -> None:
 def test_count_by_status(store: JobStore) -> None:
     assert store.count_by_status() == dict.fromkeys(STATUSES, 0)
     series_id = add_series(store)
-    for status in ("queued", "queued", "done", "failed"):
-        store.create_job(series_id, uids(1), status=status)
+    for path in (("queued",), ("queued",), ("queued", "running", "exporting", "done"), ("queued", "running", "failed")):
+        walk(store, store.create_job(series_id, uids(1)).id, *path)
     store.create_job(series_id, uids(1))
     assert store.count_by_status() == {**dict.fromkeys(STATUSES, 0), "received": 1, "queued": 2, "done": 1, "failed": 1}
 
@@ -446,8 +463,9 @@ def test_events_and_exports_round_trip(store: JobStore) -> None:
 
 def test_datetimes_come_back_timezone_aware_utc(store: JobStore) -> None:
     series_id = add_series(store)
-    job = store.create_job(series_id, uids(1), status="queued")
+    job = store.set_status(store.create_job(series_id, uids(1)).id, "queued")
     store.claim_job(job.id)
+    store.set_status(job.id, "exporting")
     done = store.set_status(job.id, "done")
     store.add_event("done", "finished", job_id=job.id)
     fresh = store.get_job(job.id)  # read back from the database, not the session's objects
@@ -499,11 +517,72 @@ def test_a_database_of_the_first_schema_upgrades_keeping_its_jobs(tmp_path: Path
         assert conn.execute(sa.text("SELECT lla_deg FROM jobs")).scalars().all() == [47.5]
     engine.dispose()
     upgrade(url)
-    assert current_revision(url) == head_revision() == "0002"
+    assert current_revision(url) == head_revision() == "0003"
     store = JobStore(url, create=False)
     try:
         kept = store.get_job(job.id)
         assert kept.lla_deg == 47.5 and kept.lla_spread_deg is None
         assert store.update_job(job.id, lla_spread_deg=3.25).lla_spread_deg == 3.25
+    finally:
+        store.dispose()
+
+
+def _job_in(store: JobStore, series_id: int, status: Status) -> JobView:
+    """A job brought to `status` by a shortest path of allowed moves."""
+    paths = {Status.RECEIVED: (), Status.QUEUED: ("queued",), Status.RUNNING: ("queued", "running"),
+             Status.EXPORTING: ("queued", "running", "exporting"),
+             Status.DONE: ("queued", "running", "exporting", "done"),
+             Status.FAILED: ("queued", "running", "failed"),
+             Status.EXPORT_FAILED: ("queued", "running", "exporting", "export_failed")}
+    if status is Status.SKIPPED:
+        return store.create_job(series_id, uids(1), status="skipped", reason="not_mr")
+    return walk(store, store.create_job(series_id, uids(1)).id, *paths[status])
+
+
+def test_every_move_the_lifecycle_does_not_name_is_refused_and_changes_nothing(store: JobStore) -> None:
+    """db/lifecycle.py is the one table of moves: each pair of states is tried on a real job."""
+    series_id = add_series(store)
+    allowed = refused = 0
+    for current in Status:
+        for new in Status:
+            job = _job_in(store, series_id, current)
+            assert job.status == current
+            if (current, new) in TRANSITIONS:
+                assert store.set_status(job.id, new).status == new
+                allowed += 1
+            else:
+                with pytest.raises(TransitionRefused):
+                    store.set_status(job.id, new, error="must not be written")
+                assert store.get_job(job.id) == job
+                refused += 1
+    assert allowed == len(TRANSITIONS) and refused == len(Status) ** 2 - len(TRANSITIONS)
+    assert CREATED_IN == {Status.RECEIVED, Status.SKIPPED}
+    # a finished job is never taken back by a late message: only an operator's retry or resend moves it
+    assert {b for (a, b) in TRANSITIONS if a is Status.DONE} == {Status.QUEUED, Status.EXPORTING}
+
+
+def test_a_running_job_with_its_results_written_becomes_exporting_on_upgrade(tmp_path: Path) -> None:
+    """0003: before it, a job measured and waiting for its export stayed `running`. A database at
+    0002 with such a job, and one whose method is still running, upgrades with the first moved."""
+    from alembic import command
+
+    from db import migrate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = JobStore(url, create=True)
+    try:
+        series_id = add_series(store)
+        waiting = walk(store, store.create_job(series_id, uids(1)).id, "queued", "running")
+        store.update_job(waiting.id, sr_sop_instance_uid="2.25.7", results_dir="/results/job-1")
+        measuring = walk(store, store.create_job(series_id, uids(1)).id, "queued", "running")
+    finally:
+        store.dispose()
+    migrate._run(url, None, command.downgrade, "0002")
+    assert current_revision(url) == "0002"
+    upgrade(url)
+    store = JobStore(url, create=False)
+    try:
+        assert store.get_job(waiting.id).status == "exporting"
+        assert store.get_job(measuring.id).status == "running"
     finally:
         store.dispose()

@@ -337,13 +337,13 @@ def test_a_slow_job_with_its_heartbeat_is_not_taken_for_a_lost_one(tmp_path):
     JOB_TIMEOUT_S is left alone while its heartbeat goes on, and queued again once it stops."""
     from datetime import UTC, datetime
 
-    from worker.assembly import SeriesAssembler
+    from worker.bookkeeper import Bookkeeper
     from worker.jobs import heartbeat
 
     settings = Settings(data_dir=tmp_path / "node", job_timeout_s=0.6)
     store = JobStore(settings.database_url, create=True)
     sent: list[int] = []
-    assembler = SeriesAssembler(store, settings, sent.append)
+    bookkeeper = Bookkeeper(store, settings, sent.append, sent.append)
     now = datetime.now(UTC)
     series_id = store.series_received(study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", instance_count=1,
                                       first_received_at=now, last_received_at=now)
@@ -354,10 +354,10 @@ def test_a_slow_job_with_its_heartbeat_is_not_taken_for_a_lost_one(tmp_path):
         with heartbeat(store, job.id, every_s=settings.job_timeout_s / 3):
             watch_until = time.monotonic() + 3 * settings.job_timeout_s  # a job three timeouts long
             while time.monotonic() < watch_until:
-                assert assembler.requeue_lost(settings.job_timeout_s) == 0
+                assert bookkeeper.sweep() == 0
                 time.sleep(0.05)
         assert sent == [] and store.get_job(job.id).status == "running"
-        wait_until(lambda: assembler.requeue_lost(settings.job_timeout_s) == 1, 10, "the silent job to be queued")
+        wait_until(lambda: bookkeeper.sweep() == 1, 10, "the silent job to be queued")
         assert sent == [job.id] and store.get_job(job.id).status == "queued"
     finally:
         store.dispose()

@@ -136,7 +136,7 @@ def test_a_series_whose_association_was_open_when_the_node_died_is_cut_short_aft
     settings = Settings(data_dir=tmp_path / "node", quiet_period_s=0.0, incomplete_wait_s=0.0)
     store = JobStore(settings.database_url, create=True)
     files = write_series(tmp_path / "src", "killed", slices=5)
-    before = SeriesAssembler(store, settings, enqueue=lambda job_id: None)
+    before = SeriesAssembler(store, settings, queue=store.get_job)
     for path in files[:3]:  # three instances stored; then the node is SIGKILLed, the association never ends
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         target = spool_path(settings.spool_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
@@ -144,7 +144,7 @@ def test_a_series_whose_association_was_open_when_the_node_died_is_cut_short_aft
         target.write_bytes(path.read_bytes())
         before.instance_stored(StoredInstance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
                                               ds.SOPClassUID, target, "PACS", 1, False, 0.0))
-    after = SeriesAssembler(store, settings, enqueue=lambda job_id: None)  # the restarted node
+    after = SeriesAssembler(store, settings, queue=store.get_job)  # the restarted node
     assert after.recover() == 1
     (job,) = after.poll()
     assert job.status == "skipped" and job.reason == "incomplete_series" and "cut short" in job.error

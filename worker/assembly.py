@@ -30,6 +30,7 @@ from pathlib import Path
 import pydicom
 
 from db import JobStore, JobView
+from db.lifecycle import Status
 from dicom_io.scp import StoredInstance, is_uid
 from dicom_io.triage import SeriesRules, frame_count, missing_instances, triage
 from worker.settings import Settings
@@ -59,11 +60,12 @@ class _Pending:
 
 
 class SeriesAssembler:
-    def __init__(self, store: JobStore, settings: Settings, enqueue: Callable[[int], None],
+    def __init__(self, store: JobStore, settings: Settings, queue: Callable[[int], JobView],
                  clock: Callable[[], float] = time.monotonic):
+        """`queue`: puts a new job on the queue (the bookkeeper's, worker/bookkeeper.py)."""
         self.store = store
         self.settings = settings
-        self.enqueue = enqueue
+        self.queue = queue
         self.clock = clock
         self.rules = SeriesRules.from_text(settings.lumbar_body_parts, settings.lumbar_description_pattern,
                                            settings.max_obliquity_deg)
@@ -168,8 +170,7 @@ class SeriesAssembler:
                 error += (f": {incomplete}, after waiting {quiet_s:.0f} s; send the whole series again "
                           "(or set LUMBARNODE_INCOMPLETE_SERIES=measure to measure it with a flag)")
             job = self.store.create_job(series_id, uids, destination=str(destination) if destination else None,
-                                        status="skipped", reason=reason, error=error)
-            self.store.set_status(job.id, "skipped")
+                                        status=Status.SKIPPED, reason=reason, error=error)
             self.store.add_event("skipped", f"series {pending.series_uid}: {reason}", job_id=job.id,
                                  series_id=series_id)
             log.info("job %d: series %s skipped (%s)", job.id, pending.series_uid, reason)
@@ -185,59 +186,6 @@ class SeriesAssembler:
         log.info("job %d: series %s complete (%d instances, version %d)", job.id, pending.series_uid, len(files),
                  job.version)
         return self.queue(job.id)
-
-    def queue(self, job_id: int) -> JobView:
-        """received -> queued, and the message to the workers; back to received if the broker is away
-        (`requeue_lost` sends it later)."""
-        job = self.store.set_status(job_id, "queued")
-        try:
-            self.enqueue(job_id)
-        except Exception as exc:
-            log.warning("job %d: the queue is not reachable (%s); will send it again", job_id, type(exc).__name__)
-            self.store.set_status(job_id, "received")  # no message was sent: no worker can hold it
-            self.store.add_event("queue_unreachable", f"{type(exc).__name__}: {exc}"[:300], job_id=job_id)
-            return self.store.get_job(job_id)
-        return job
-
-    def requeue_lost(self, job_timeout_s: float, received_after_s: float = 2.0) -> int:
-        """Queue again the jobs whose message was lost: never sent (`received`), taken by a
-        worker that died (`running` without any update for job_timeout_s), or gone from the
-        broker (`queued` for job_timeout_s). A message sent twice is harmless: only the first
-        claims the job, and a job run again gives results with the same UIDs."""
-        now = datetime.now(UTC)
-        never_sent = self.store.jobs_in_status(["received"], older_than=now - timedelta(seconds=received_after_s))
-        silent = self.store.jobs_in_status(["running"], older_than=now - timedelta(seconds=job_timeout_s))
-        waiting = self.store.jobs_in_status(["queued"], older_than=now - timedelta(seconds=job_timeout_s))
-        for job in silent:
-            log.warning("job %d: running without news for %.0f s; its worker is presumed dead, queueing it again",
-                        job.id, (now - job.updated_at).total_seconds())
-            self.store.add_event("requeued", f"no progress for {job_timeout_s:.0f} s: worker presumed lost",
-                                 job_id=job.id)
-        for job in [*never_sent, *silent]:
-            self.queue(job.id)
-        for job in waiting:
-            self._send_again(job.id, f"queued for {job_timeout_s:.0f} s: message presumed lost")
-        return len(never_sent) + len(silent) + len(waiting)
-
-    def resend_queued(self, why: str) -> int:
-        """Send the message of every queued job again: the broker may have lost what it held."""
-        queued = self.store.jobs_in_status(["queued"])
-        sent = sum(self._send_again(job.id, why) for job in queued)
-        if queued:
-            log.warning("%s: sent the messages of %d of %d queued jobs again", why, sent, len(queued))
-        return sent
-
-    def _send_again(self, job_id: int, why: str) -> bool:
-        """One more message for a queued job. Its status is left alone (a worker may be claiming
-        it this instant); its update time moves on, so the next sweep does not send it again."""
-        try:
-            self.enqueue(job_id)
-        except Exception as exc:
-            log.warning("job %d: the queue is not reachable (%s); will send it again", job_id, type(exc).__name__)
-            return False
-        self.store.update_job(job_id)
-        self.store.add_event("requeued", why, job_id=job_id)
-        return True
 
     def recover(self) -> int:
         """Queue again, after a quiet period, every spooled series no job covers yet."""

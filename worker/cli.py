@@ -333,21 +333,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     # retry
     from worker import tasks
+    from worker.bookkeeper import Bookkeeper, NothingToRetry
 
     tasks.configure(settings)
-    if job.status == "export_failed" or (job.status == "running" and job.results_dir and args.export_only):
-        tasks.enqueue_export(job.id)
-        store.add_event("retry", "export queued again by an operator", job_id=job.id)
-        print(f"job {job.id}: export queued again (to {job.destination})")
-        return 0
-    if job.status in ("failed", "queued", "running", "done"):
-        store.set_status(job.id, "queued", error=None)
-        tasks.enqueue_process(job.id)
-        store.add_event("retry", f"queued again by an operator (was {job.status})", job_id=job.id)
-        print(f"job {job.id}: queued again (was {job.status})")
-        return 0
-    print(f"jobs: job {job.id} is {job.status}: nothing to retry ({job.reason or ''})", file=sys.stderr)
-    return 2
+    try:
+        done = Bookkeeper(store, settings, tasks.enqueue_process, tasks.enqueue_export).retry(job, args.export_only)
+    except NothingToRetry as exc:
+        print(f"jobs: {exc}", file=sys.stderr)
+        return 2
+    print(f"job {job.id}: {done}")
+    return 0
 
 
 def _since(text: str):
@@ -446,16 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jobs", help="what came in, what ran, what was sent: jobs list | show ID | retry ID")
     jobs = p.add_subparsers(dest="action", required=True)
     q = jobs.add_parser("list", help="newest first")
-    q.add_argument("--status", help="received, queued, running, done, skipped, failed, export_failed")
+    q.add_argument("--status", help="received, queued, running, exporting, done, skipped, failed, export_failed")
     q.add_argument("--since", type=_since, help="ISO date/time (UTC) or a duration back from now: 30m, 2h, 7d")
     q.add_argument("--limit", type=_positive, default=50)
     q.add_argument("--json", action="store_true")
     q = jobs.add_parser("show", help="everything about one job: stages and timings, results, exports, events")
     q.add_argument("id", type=int)
     q.add_argument("--json", action="store_true")
-    q = jobs.add_parser("retry", help="send a job's results again (export_failed) or run it again (failed)")
+    q = jobs.add_parser("retry", help="send a job's results again (export_failed) or run it again (failed, done)")
     q.add_argument("id", type=int)
-    q.add_argument("--export-only", action="store_true", help="only resend the results of a running job")
+    q.add_argument("--export-only", action="store_true", help="only send the results of a done job again")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("admin", help="read-only web page of the jobs, JSON API and Prometheus /metrics")

@@ -2,11 +2,12 @@
 its results. The Celery tasks in worker/tasks.py are thin wrappers around these.
 
 Both are idempotent. `run_job` claims the job (queued -> running, a compare-and-set), so of
-two messages for one job only the first runs it: a message sent again by the listener's
-sweep (its first was lost with a restarted broker, or its worker died) is harmless, and a
-job that is running, done, skipped or failed is left alone. A job whose worker died is
-queued again by the sweep; running it again gives results with the same UIDs. Export
-sends files from the job's results folder, so a retried export sends the same instances.
+two messages for one job only the first runs it: a message sent again by the bookkeeper
+(its first was lost with a restarted broker, or its worker died) is harmless, and a job
+that is running, exporting, done, skipped or failed is left alone. A job whose worker died
+is queued again by the bookkeeper's sweep; running it again gives results with the same
+UIDs. With its results written the job is `exporting` (db/lifecycle.py); export sends the
+files of its results folder, so a retried export sends the same instances.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from db import JobStore, JobView
+from db.lifecycle import Status
 from dicom_io.errors import SeriesRefused
 from dicom_io.scu import SendError, send_files
 from dicom_io.series import load_series
@@ -78,14 +80,14 @@ def heartbeat(store: JobStore, job_id: int, every_s: float) -> Iterator[None]:
 
 
 def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = False) -> JobView | None:
-    """Run the method; on success the job stays `running` and is ready for export.
+    """Run the method; on success the job is `exporting`.
 
     Returns the job when its export should follow, None when there is nothing to export.
     `resume`: this message already claimed the job before the job database went away, so
     a `running` job is its own.
     """
-    job = store.claim_job(job_id, from_statuses=("queued", "running") if resume else ("queued",),
-                          to_status="running")
+    job = store.claim_job(job_id, from_statuses=(Status.QUEUED, Status.RUNNING) if resume else (Status.QUEUED,),
+                          to_status=Status.RUNNING)
     if job is None:
         current = store.get_job(job_id)
         log.info("job %d: not run, status is %s", job_id, current.status if current else "unknown")
@@ -100,13 +102,13 @@ def run_job(settings: Settings, store: JobStore, job_id: int, resume: bool = Fal
         return None
     folder = results_dir(settings, job_id)
     if result.refusal is not None:
-        store.set_status(job_id, "failed", reason=result.refusal.reason, error=result.refusal.message,
+        store.set_status(job_id, Status.FAILED, reason=result.refusal.reason, error=result.refusal.message,
                          timings=timings, results_dir=str(folder), flags=list(result.flags))
         store.add_event("failed", result.refusal.message, job_id=job_id)
         return None
     analysis, model = result.analysis, result.models.segmentation
-    job = store.update_job(
-        job_id, timings=timings, results_dir=str(folder), lla_deg=analysis.lla_deg,
+    job = store.set_status(
+        job_id, Status.EXPORTING, timings=timings, results_dir=str(folder), lla_deg=analysis.lla_deg,
         lla_spread_deg=analysis.lla_spread_deg, lla_class=analysis.lla_class,
         cnn_class=analysis.cnn_class, flags=list(result.flags), model_name=model.name,
         model_version=model.version, model_sha256=model.sha256,
@@ -129,7 +131,7 @@ def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict
         try:
             series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
         except SeriesRefused as exc:
-            status = "skipped" if exc.reason in NOT_FOR_THE_METHOD else "failed"
+            status = Status.SKIPPED if exc.reason in NOT_FOR_THE_METHOD else Status.FAILED
             store.set_status(job_id, status, reason=exc.reason, error=str(exc)[:2000],
                              timings={**timings, "load_s": time.perf_counter() - started})
             store.add_event(status, f"{exc.reason}: {exc}", job_id=job_id)
@@ -147,7 +149,7 @@ def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict
         return result
     except Exception as exc:
         log.exception("job %d: the method failed", job_id)
-        store.set_status(job_id, "failed", reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
+        store.set_status(job_id, Status.FAILED, reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
                          timings=timings)
         store.add_event("failed", f"{type(exc).__name__}: {exc}"[:500], job_id=job_id)
         return None
@@ -164,13 +166,13 @@ def export_job(settings: Settings, store: JobStore, job_id: int, last_attempt: b
     numbered over the job's whole life (an operator's retry continues the count).
     """
     job = store.get_job(job_id)
-    if job is None or job.status not in ("running", "export_failed"):
+    if job is None or job.status != Status.EXPORTING:
         return job.status if job else "unknown"
     if not job.destination:
         error = "no destination: the calling AE has no return address and LUMBARNODE_DESTINATION is not set"
-        store.set_status(job_id, "export_failed", error=error)
+        store.set_status(job_id, Status.EXPORT_FAILED, error=error)
         store.add_event("export_failed", error, job_id=job_id)
-        return "export_failed"
+        return Status.EXPORT_FAILED
     files = [Path(job.results_dir) / name for name in RESULT_FILES if (Path(job.results_dir) / name).is_file()]
     destination = Destination.parse(job.destination)
     attempt = len(store.exports(job_id)) + 1
@@ -188,12 +190,13 @@ def export_job(settings: Settings, store: JobStore, job_id: int, last_attempt: b
     store.add_export(job_id, destination=job.destination, attempt=attempt, status="failed" if error else "sent",
                      dimse_status=statuses, error=error, started_at=started, finished_at=datetime.now(UTC))
     if error is None:
-        store.set_status(job_id, "done", error=None, timings={"export_s": time.perf_counter() - clock})
+        store.set_status(job_id, Status.DONE, error=None, timings={"export_s": time.perf_counter() - clock})
         store.add_event("exported", f"{len(files)} objects to {job.destination} ({statuses})", job_id=job_id)
-        return "done"
+        return Status.DONE
     store.add_event("export_attempt_failed", f"attempt {attempt}: {error}", job_id=job_id)
     if last_attempt:
-        store.set_status(job_id, "export_failed", error=error)
+        store.set_status(job_id, Status.EXPORT_FAILED, error=error)
         store.add_event("export_failed", f"gave up after {attempt} attempts", job_id=job_id)
-        return "export_failed"
+        return Status.EXPORT_FAILED
+    store.update_job(job_id, error=error)  # news for the bookkeeper: this export is alive and retrying
     raise ExportFailed(error)

@@ -24,6 +24,7 @@ from dicom_io.scp import StorageSCP
 from dicom_io.series import decodable_transfer_syntaxes
 from worker import jobs, tasks
 from worker.assembly import SeriesAssembler
+from worker.bookkeeper import Bookkeeper
 from worker.settings import Settings, SettingsError, variable
 
 log = logging.getLogger("lumbarnode.node")
@@ -38,7 +39,8 @@ class Node:
         ready(settings.database_url, create=True)  # migrated on first use; another application's is refused
         self.store = JobStore(settings.database_url)
         tasks.configure(settings)
-        self.assembler = SeriesAssembler(self.store, settings, enqueue or tasks.enqueue_process)
+        self.bookkeeper = Bookkeeper(self.store, settings, enqueue or tasks.enqueue_process, tasks.enqueue_export)
+        self.assembler = SeriesAssembler(self.store, settings, self.bookkeeper.queue)
         callers = settings.callers
         self.scp = StorageSCP(
             settings.ae_title, settings.spool_dir,
@@ -76,7 +78,7 @@ class Node:
         self.assembler.recover()
         # The broker may have lost messages while the node was down (a Redis restarted without
         # persistence); a second message for a job is harmless.
-        self.assembler.resend_queued("node started: messages of queued jobs sent again")
+        self.bookkeeper.resend_all("node started: messages of queued and exporting jobs sent again")
         try:
             self.scp.start(self.settings.host, self.settings.port)
         except OSError as exc:
@@ -106,7 +108,7 @@ class Node:
                 last_sweep = time.monotonic()
                 try:
                     self._resend_if_the_broker_restarted()
-                    self.assembler.requeue_lost(self.settings.job_timeout_s)
+                    self.bookkeeper.sweep()
                 except Exception:
                     log.exception("could not look for jobs to queue again")
                 if self.on_sweep is not None:
@@ -119,7 +121,7 @@ class Node:
             return  # not a Redis broker, or not reachable now (new jobs go back to `received`)
         if self._broker_instance not in (None, instance):
             log.warning("the broker restarted (run_id %s -> %s)", self._broker_instance, instance)
-            self.assembler.resend_queued("the broker restarted: its queued messages may be lost")
+            self.bookkeeper.resend_all("the broker restarted: the messages it held may be lost")
         self._broker_instance = instance
 
     def stop(self) -> None:
