@@ -103,6 +103,8 @@ class Job(Base):
     queued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # when the retention cleaner deleted the job's input and results (the row stays, the record)
+    cleaned_at: Mapped[datetime | None]
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage name -> seconds
     lla_deg: Mapped[float | None] = mapped_column(sa.Float)
     # the range of the ensemble members' own angles; None with one network or none measured

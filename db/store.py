@@ -41,7 +41,7 @@ EXPORT_STATUSES = ("sent", "failed")
 _FIXED = frozenset({"id", "series_id", "version", "created_at", "updated_at"})
 UPDATABLE_FIELDS = frozenset(c.key for c in Job.__table__.columns) - _FIXED
 _NOT_NULL = frozenset(c.key for c in Job.__table__.columns if not c.nullable)
-_DATETIME_FIELDS = frozenset({"queued_at", "started_at", "finished_at"})
+_DATETIME_FIELDS = frozenset({"queued_at", "started_at", "finished_at", "cleaned_at"})
 
 # Two processes creating a job for one series at once collide on (series_id, version);
 # the loser reads the new maximum and tries again.
@@ -93,6 +93,7 @@ class JobView(_View):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    cleaned_at: datetime | None
     timings: dict[str, float]
     lla_deg: float | None
     lla_spread_deg: float | None
@@ -155,6 +156,7 @@ def _job_view(job: Job, series: Series) -> JobView:
         queued_at=job.queued_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        cleaned_at=job.cleaned_at,
         timings=dict(job.timings),
         lla_deg=job.lla_deg,
         lla_spread_deg=job.lla_spread_deg,
@@ -515,6 +517,28 @@ class JobStore:
         with self._session.begin() as session:
             row = session.execute(stmt).one_or_none()
             return None if row is None else _job_view(*row)
+
+    def jobs_to_clean(self, delivered_before: datetime, failed_before: datetime, limit: int = 200) -> list[JobView]:
+        """Finished jobs not cleaned yet whose input and results may go: delivered (`done`)
+        before `delivered_before`, or `failed` / `skipped` before `failed_before`. Never a job
+        whose results were not delivered (`export_failed`) or one not finished. Oldest first."""
+        due = sa.or_(
+            sa.and_(Job.status == Status.DONE, Job.finished_at < _aware("delivered_before", delivered_before)),
+            sa.and_(Job.status.in_((Status.FAILED, Status.SKIPPED)),
+                    Job.finished_at < _aware("failed_before", failed_before)),
+        )
+        stmt = self._jobs_select().where(Job.cleaned_at.is_(None), due).order_by(Job.finished_at, Job.id).limit(limit)
+        with self._session.begin() as session:
+            return [_job_view(*row) for row in session.execute(stmt)]
+
+    def latest_instances(self) -> dict[str, frozenset[str]]:
+        """Per series UID, the instances its newest job covers (one query for every series)."""
+        newest = sa.select(Job.series_id, sa.func.max(Job.version).label("version")).group_by(Job.series_id).subquery()
+        stmt = (sa.select(Series.series_instance_uid, Job.instance_uids)
+                .join(Job, Job.series_id == Series.id)
+                .join(newest, sa.and_(newest.c.series_id == Job.series_id, newest.c.version == Job.version)))
+        with self._session.begin() as session:
+            return {uid: frozenset(uids) for uid, uids in session.execute(stmt)}
 
     def jobs_in_status(
         self, statuses: str | Sequence[str], older_than: datetime | None = None

@@ -124,6 +124,16 @@ def write_atomically(path: Path, data: bytes) -> None:
     fsync_folder(path.parent)
 
 
+def _touch(path: Path) -> bool:
+    """True when the instance is already in the spool; its modification time moves on, which
+    tells a cleaner deleting the series at this moment that it was acknowledged again."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -225,7 +235,7 @@ class StorageSCP:
             self._on_refused(affected_uid, "sop_instance_uid_mismatch")
             return _status(CANNOT_UNDERSTAND, "SOPInstanceUID differs from the C-STORE request's")
         path = spool_path(self.spool, study_uid, series_uid, sop_uid)
-        duplicate = path.exists()
+        duplicate = _touch(path)
         if not duplicate and self.min_free_bytes and shutil.disk_usage(self.spool).free < self.min_free_bytes:
             log.error("spool nearly full: refusing instance %s (watermark %d MiB)", sop_uid, self.min_free_bytes >> 20)
             self._on_refused(sop_uid, "spool_nearly_full")

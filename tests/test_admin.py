@@ -260,6 +260,8 @@ def test_the_list_shows_every_job_newest_first_with_status_and_lla(admin: Admin,
         expected = 1 if status in ids else 0
         assert page.locator(f'#counts a[data-status="{status}"] strong').inner_text() == str(expected)
     assert page.locator("#counts a").first.inner_text().split() == ["all", "5"]
+    disk = page.locator("#disk").inner_text()
+    assert "MiB" in disk and "deleted 7.0 days after delivery" in disk and "never while undelivered" in disk
     _screenshot(page, admin, "admin-list")
 
 
@@ -428,6 +430,12 @@ def test_metrics_are_read_from_the_database_at_scrape_time(admin: Admin) -> None
         assert samples[("lumbarnode_stage_seconds", (("quantile", q), ("stage", "inference")))] == 1.234
         assert samples[("lumbarnode_stage_seconds", (("quantile", q), ("stage", "quiet_period")))] == 2.0
     assert samples[("lumbarnode_stage_samples", (("stage", "inference"),))] == 1
+    # disk usage: the results folders the seed wrote (the overlay link counted as a link, not its target)
+    results = Path(admin.app.state.settings.results_dir)
+    written = sum(os.lstat(os.path.join(root, f)).st_size for root, _, files in os.walk(results) for f in files)
+    assert samples[("lumbarnode_disk_bytes", (("area", "results"),))] == written > 0
+    assert {labels[0][1] for name, labels in samples if name == "lumbarnode_disk_bytes"} == {
+        "spool", "results", "free", "total"}
 
     # a job leaving the queue is seen by the next scrape
     queued = admin.ids["queued"]

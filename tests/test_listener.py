@@ -105,9 +105,13 @@ def test_a_duplicate_is_accepted_and_keeps_the_first_file(scp, tmp_path):
     listener, stored, _, _ = scp
     files = series_files(tmp_path / "src", n=2)
     assert send_files(files, "LUMBARNODE", "127.0.0.1", listener.port, calling_ae="PACS").ok
-    first = stored[0].path.stat().st_mtime_ns
+    first, content = stored[0].path.stat(), stored[0].path.read_bytes()
+    os.utime(stored[0].path, ns=(first.st_atime_ns, first.st_mtime_ns - 10**9))  # a second older
     assert send_files(files[:1], "LUMBARNODE", "127.0.0.1", listener.port, calling_ae="PACS").ok
-    assert stored[-1].duplicate and stored[-1].path.stat().st_mtime_ns == first
+    again = stored[-1].path.stat()
+    assert stored[-1].duplicate and again.st_ino == first.st_ino and stored[-1].path.read_bytes() == content
+    # not written again, but touched: a retention cleaner deleting the series now keeps it
+    assert again.st_mtime_ns > first.st_mtime_ns - 10**9
     assert len(list(listener.spool.rglob("*.dcm"))) == 2
 
 

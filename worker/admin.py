@@ -21,7 +21,10 @@ report the same values):
   is how many of those jobs recorded the stage. Gauges over a window, not a cumulative
   summary: do not rate() them;
 - `lumbarnode_export_attempts_total{status}` and `lumbarnode_export_failures_total`:
-  export attempts recorded (sent / failed), all time.
+  export attempts recorded (sent / failed), all time;
+- `lumbarnode_disk_bytes{area}`: what the spool and the results folders hold (`spool`,
+  `results`) and the spool's file system (`free`, `total`); zeros where this process does not
+  see the spool. The retention cleaner (worker/retention.py) keeps them from growing.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from db import STATUSES, JobStore, JobView
 from dicom_io.codes import flag_meaning
+from worker.retention import disk_usage
 from worker.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -131,8 +135,9 @@ def overlay_path(job: JobView) -> Path | None:
 class JobMetrics(Collector):
     """Reads the job database at every scrape (see the module docstring for the names)."""
 
-    def __init__(self, store: JobStore, window: int = STAGE_WINDOW):
+    def __init__(self, store: JobStore, settings: Settings, window: int = STAGE_WINDOW):
         self.store = store
+        self.settings = settings
         self.window = window
 
     def describe(self) -> list[Metric]:
@@ -173,6 +178,13 @@ class JobMetrics(Collector):
         yield CounterMetricFamily("lumbarnode_export_failures", "Export attempts that failed",
                                   value=attempts.get("failed", 0))
 
+        usage = disk_usage(self.settings)
+        disk = GaugeMetricFamily("lumbarnode_disk_bytes", "The spool and the results folders, and the spool's file "
+                                 "system (free, total)", labels=["area"])
+        for area in ("spool", "results", "free", "total"):
+            disk.add_metric([area], getattr(usage, f"{area}_bytes"))
+        yield disk
+
 
 # -- rendering ------------------------------------------------------------------------
 
@@ -201,7 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
     """The admin application over the job database at `settings.database_url`."""
     store = JobStore(settings.database_url)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobMetrics(store))
+    registry.register(JobMetrics(store, settings))
     env = _environment()
 
     @asynccontextmanager
@@ -212,6 +224,7 @@ def create_app(settings: Settings) -> FastAPI:
     # No interactive docs: they load scripts from a CDN (and the CSP forbids scripts).
     app = FastAPI(title="lumbarnode admin", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.store = store
+    app.state.settings = settings
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -237,6 +250,7 @@ def create_app(settings: Settings) -> FastAPI:
         jobs = store.list_jobs(status=wanted, since=after, search=q, limit=LIST_LIMIT)
         counts = store.count_by_status()
         return page("jobs.html", jobs=jobs, counts=counts, total=sum(counts.values()), limit=LIST_LIMIT,
+                    disk=disk_usage(settings), retention=(settings.retention_done_days, settings.retention_failed_days),
                     status=wanted or "", q=(q or "").strip(), since=(since or "all").strip() or "all")
 
     @app.get("/jobs/{job_id:int}", response_class=HTMLResponse)

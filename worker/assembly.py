@@ -193,13 +193,13 @@ class SeriesAssembler:
         spool = self.settings.spool_dir
         if not spool.is_dir():
             return 0
+        covered = self.store.latest_instances()  # one query for every series, not one per folder
         for folder in sorted(p for p in spool.glob("*/*") if p.is_dir()):
             study_uid, series_uid = folder.parent.name, folder.name
             if not (is_uid(study_uid) and is_uid(series_uid)):
-                continue
+                continue  # the retention cleaner's .trash among them
             uids = {f.stem for f in folder.glob("*.dcm")}
-            latest = self.store.latest_job(series_uid)
-            if not uids or (latest is not None and set(latest.instance_uids) == uids):
+            if not uids or covered.get(series_uid) == uids:
                 continue
             caller = folder / CALLER_FILE
             with self._lock:

@@ -22,7 +22,7 @@ from db import JobStore
 from db.migrate import ready
 from dicom_io.scp import StorageSCP
 from dicom_io.series import decodable_transfer_syntaxes
-from worker import jobs, tasks
+from worker import jobs, retention, tasks
 from worker.assembly import SeriesAssembler
 from worker.bookkeeper import Bookkeeper
 from worker.settings import Settings, SettingsError, variable
@@ -30,6 +30,7 @@ from worker.settings import Settings, SettingsError, variable
 log = logging.getLogger("lumbarnode.node")
 POLL_S = 0.2
 SWEEP_S = 2.0  # how often lost jobs are looked for and dead workers restarted
+CLEAN_S = 60.0  # how often the retention cleaner looks for jobs due
 
 
 class Node:
@@ -101,7 +102,7 @@ class Node:
 
     def run(self) -> None:
         """Assemble series until stop() is called."""
-        last_sweep = 0.0
+        last_sweep = last_clean = 0.0
         while not self._stop.is_set():
             self.assembler.poll()
             if time.monotonic() - last_sweep > SWEEP_S:
@@ -113,6 +114,12 @@ class Node:
                     log.exception("could not look for jobs to queue again")
                 if self.on_sweep is not None:
                     self.on_sweep()
+            if time.monotonic() - last_clean > CLEAN_S:
+                last_clean = time.monotonic()
+                try:
+                    retention.clean(self.store, self.settings)
+                except Exception:
+                    log.exception("the retention cleaner failed; it tries again in %.0f s", CLEAN_S)
             self._stop.wait(POLL_S)
 
     def _resend_if_the_broker_restarted(self) -> None:

@@ -115,6 +115,10 @@ class Settings:
     inference_workers: int = 1  # worker processes `serve` starts for the inference queue
     job_timeout_s: float = 900.0  # a running job silent this long lost its worker: it is queued again
     min_free_spool_mb: int = 500  # below this much free space the listener refuses instances (0xA700)
+    # the retention cleaner (worker/retention.py): days after a job ended that its input and results go;
+    # `inf` keeps them. A job whose results were not delivered (export_failed) is never cleaned.
+    retention_done_days: float = 7.0  # delivered (done)
+    retention_failed_days: float = 30.0  # failed or skipped: kept longer, for a look at what went wrong
     admin_host: str = "127.0.0.1"  # `lumbarnode admin` (page, JSON API, /metrics): loopback unless set
     admin_port: int = 8080
     # DICOM TLS (see dicom_io.tls): PEM files
@@ -162,7 +166,8 @@ class Settings:
                 raise bad(name, "expected a TCP port, 1 to 65535")
         if not 0 < len(self.ae_title.strip()) <= 16 or "\\" in self.ae_title:
             raise bad("ae_title", "expected an AE title of 1 to 16 characters, no backslash")
-        for name in ("quiet_period_s", "incomplete_wait_s", "export_backoff_s", "export_retries", "min_free_spool_mb"):
+        for name in ("quiet_period_s", "incomplete_wait_s", "export_backoff_s", "export_retries", "min_free_spool_mb",
+                     "retention_done_days", "retention_failed_days"):
             if getattr(self, name) < 0:
                 raise bad(name, "expected a number >= 0")
         for name in ("inference_workers", "job_timeout_s", "max_obliquity_deg"):
