@@ -1,72 +1,74 @@
 """Why a series cannot be used: one exception class per reason.
 
-Each class carries a short, stable `reason` code (stored with skipped jobs and printed by
-`lumbarnode inspect`) and a message for people. Messages name UIDs and file names only,
+Each class carries its `reason` (dicom_io/reasons.py: the one vocabulary, stored with the
+job and printed by `lumbarnode inspect`) and a message for people. Messages name UIDs and file names only,
 never patient data.
 """
 
 from __future__ import annotations
 
+from dicom_io.reasons import Reason
+
 
 class SeriesRefused(ValueError):
     """The series (or file) cannot be used by the method; `reason` says why in one word."""
 
-    reason = "refused"
+    reason = Reason.REFUSED
 
 
 class NoDicomFilesError(SeriesRefused):
-    reason = "no_dicom_files"
+    reason = Reason.NO_DICOM_FILES
 
 
 class MalformedFileError(SeriesRefused):
-    reason = "malformed_file"
+    reason = Reason.MALFORMED_FILE
 
 
 class NotMRError(SeriesRefused):
-    reason = "not_mr"
+    reason = Reason.NOT_MR
 
 
 class MixedSeriesError(SeriesRefused):
-    reason = "mixed_series"
+    reason = Reason.MIXED_SERIES
 
 
 class MissingPixelDataError(SeriesRefused):
-    reason = "missing_pixel_data"
+    reason = Reason.MISSING_PIXEL_DATA
 
 
 class MissingGeometryError(SeriesRefused):
-    reason = "missing_geometry"
+    reason = Reason.MISSING_GEOMETRY
 
 
 class UnsupportedImageError(SeriesRefused):
     """Colour images, unusual bit depths: not an MR magnitude image the method can read."""
 
-    reason = "unsupported_image"
+    reason = Reason.UNSUPPORTED_IMAGE
 
 
 class UnsupportedTransferSyntaxError(SeriesRefused):
-    reason = "unsupported_transfer_syntax"
+    reason = Reason.UNSUPPORTED_TRANSFER_SYNTAX
 
 
 class PixelDataError(SeriesRefused):
     """The transfer syntax is supported but these pixel data did not decode."""
 
-    reason = "pixel_data_error"
+    reason = Reason.PIXEL_DATA_ERROR
 
 
 class NotSagittalError(SeriesRefused):
-    reason = "not_sagittal"
+    reason = Reason.NOT_SAGITTAL
 
 
 class MixedGeometryError(SeriesRefused):
-    reason = "mixed_geometry"
+    reason = Reason.MIXED_GEOMETRY
 
 
 class DuplicateSlicePositionError(SeriesRefused):
     """Two images at one position: several echoes, phases or repeats stored as one series."""
 
-    reason = "duplicate_slice_positions"
+    reason = Reason.DUPLICATE_SLICE_POSITIONS
 
 
 class SingleSliceError(SeriesRefused):
-    reason = "single_slice"
+    reason = Reason.SINGLE_SLICE

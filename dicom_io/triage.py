@@ -15,6 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_io.geometry import angle_to_axis_deg, plane_name, unit
+from dicom_io.reasons import Reason
 from dicom_io.scp import MR_IMAGE_CLASSES
 
 
@@ -49,28 +50,28 @@ def frame_count(header: Dataset) -> int:
 
 
 def triage(header: Dataset, slices: int, rules: SeriesRules = SeriesRules()) -> str | None:
-    """None when the method can use the series; else why not, as a short code."""
+    """None when the method can use the series; else why not, as a code of dicom_io/reasons.py."""
     sop_class = str(header.get("SOPClassUID", ""))
     if sop_class not in MR_IMAGE_CLASSES:
-        return "not_an_mr_image"
+        return Reason.NOT_AN_MR_IMAGE.coded()
     if str(header.get("Modality", "")) != "MR":
-        return "not_mr"
+        return Reason.NOT_MR.coded()
     iop = orientation(header)
     if iop is None or len(iop) != 6:
-        return "no_orientation"
+        return Reason.NO_ORIENTATION.coded()
     normal = unit(np.cross(iop[:3], iop[3:]))
     plane = plane_name(normal)
     if plane != "sagittal":
-        return f"not_sagittal:{plane}"
+        return Reason.NOT_SAGITTAL.coded(plane)
     if angle_to_axis_deg(normal, 0) > rules.max_obliquity_deg:
-        return "too_oblique"
+        return Reason.TOO_OBLIQUE.coded()
     body_part = str(header.get("BodyPartExamined", "")).strip().upper()
     descriptions = " ".join(str(header.get(k, "")) for k in ("SeriesDescription", "StudyDescription",
                                                               "ProtocolName"))
     if body_part not in rules.body_parts and not re.search(rules.description_pattern, descriptions):
-        return f"not_lumbar:{body_part.lower() or 'no_body_part'}"
+        return Reason.NOT_LUMBAR.coded(body_part.lower() or "no_body_part")
     if slices < 2:
-        return "single_slice"
+        return Reason.SINGLE_SLICE.coded()
     return None
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from dicom_io.errors import SeriesRefused
 from dicom_io.geometry import InPlaneFlip
+from dicom_io.reasons import Reason
 from dicom_io.series import load_series
 from worker import method
 from worker.method import Models, SeriesResult, Slices
@@ -31,7 +32,7 @@ def read_input(path: Path, pixel_spacing: tuple[float, float] | None, settings: 
     if path.suffix.lower() == ".png":
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
-            raise InputRefused("unreadable_image", f"{path.name}: not a readable PNG image")
+            raise InputRefused(Reason.UNREADABLE_IMAGE, f"{path.name}: not a readable PNG image")
         if image.ndim == 3:
             image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
         flags = () if pixel_spacing else ("pixel_spacing_assumed_1mm",)

@@ -31,6 +31,7 @@ import pydicom
 
 from db import JobStore, JobView
 from db.lifecycle import Status
+from dicom_io.reasons import Reason, sentence
 from dicom_io.scp import StoredInstance, is_uid
 from dicom_io.triage import SeriesRules, frame_count, missing_instances, triage
 from worker.settings import Settings
@@ -39,7 +40,7 @@ log = logging.getLogger("lumbarnode.assembly")
 CALLER_FILE = ".calling_ae"  # in each series folder: who sent it, for the return address after a restart
 RECEIVING_FILE = ".receiving"  # in a series folder while an association delivering to it is open: a node
 # killed then finds, on restart, the series that were cut short
-INCOMPLETE = "incomplete_series"  # the reason of a skipped job, or the flag of a measured one
+INCOMPLETE = Reason.INCOMPLETE_SERIES.coded()  # the reason of a skipped job, or the flag of a measured one
 INTAKE_FLAGS = frozenset({INCOMPLETE})  # flags set here, before the method runs
 CUT_SHORT = "the transfer was cut short (an association ended without a release)"
 
@@ -146,7 +147,7 @@ class SeriesAssembler:
                 incomplete = CUT_SHORT if pending.cut_short else missing_instances(
                     [pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         except Exception as exc:  # stored as received, but not even its header can be read
-            header, reason = pydicom.Dataset(), f"malformed_file:{type(exc).__name__}"
+            header, reason = pydicom.Dataset(), Reason.MALFORMED_FILE.coded(type(exc).__name__)
         if incomplete and quiet_s < self.settings.incomplete_wait_s:
             log.warning("series %s looks incomplete (%s): waiting up to %.0f s for the rest", pending.series_uid,
                         incomplete, self.settings.incomplete_wait_s)
@@ -165,7 +166,7 @@ class SeriesAssembler:
         )
         destination = self.settings.return_address(pending.calling_ae)
         if reason is not None:
-            error = f"series not processed: {reason.replace('_', ' ')}"
+            error = f"series not processed: {sentence(reason)}"
             if reason == INCOMPLETE:
                 error += (f": {incomplete}, after waiting {quiet_s:.0f} s; send the whole series again "
                           "(or set LUMBARNODE_INCOMPLETE_SERIES=measure to measure it with a flag)")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from db import JobStore, JobView
 from db.lifecycle import Status
 from dicom_io.errors import SeriesRefused
+from dicom_io.reasons import Reason, parse
 from dicom_io.scu import SendError, send_files
 from dicom_io.series import load_series
 from worker.assembly import INTAKE_FLAGS, instance_files
@@ -35,12 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lumbarnode.jobs")
 RESULT_FILES = ("seg.dcm", "sr.dcm", "key.dcm")  # what export sends, in this order (worker/rendering.py writes them)
-# Series the method cannot use, found only once the pixels' geometry is read (mixed sizes,
-# one slice...): `skipped` like those triage turns away from headers. Files that should have
-# been usable but would not decode stay `failed`.
-NOT_FOR_THE_METHOD = frozenset({"not_mr", "not_sagittal", "mixed_series", "mixed_geometry", "single_slice",
-                                "duplicate_slice_positions", "missing_geometry", "unsupported_image"})
-
 _models = None  # loaded once per worker process
 
 
@@ -131,7 +126,9 @@ def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict
         try:
             series = load_series(instance_files(settings, job), max_obliquity_deg=settings.max_obliquity_deg)
         except SeriesRefused as exc:
-            status = Status.SKIPPED if exc.reason in NOT_FOR_THE_METHOD else Status.FAILED
+            # found only once the pixels are read (mixed sizes, one slice): skipped like triage's,
+            # while files that should have decoded and did not fail (dicom_io/reasons.py decides)
+            status = Status.SKIPPED if parse(exc.reason)[0].skips else Status.FAILED
             store.set_status(job_id, status, reason=exc.reason, error=str(exc)[:2000],
                              timings={**timings, "load_s": time.perf_counter() - started})
             store.add_event(status, f"{exc.reason}: {exc}", job_id=job_id)
@@ -149,7 +146,7 @@ def _run_method(settings: Settings, store: JobStore, job: JobView, timings: dict
         return result
     except Exception as exc:
         log.exception("job %d: the method failed", job_id)
-        store.set_status(job_id, Status.FAILED, reason="method_error", error=f"{type(exc).__name__}: {exc}"[:2000],
+        store.set_status(job_id, Status.FAILED, reason=Reason.METHOD_ERROR, error=f"{type(exc).__name__}: {exc}"[:2000],
                          timings=timings)
         store.add_event("failed", f"{type(exc).__name__}: {exc}"[:500], job_id=job_id)
         return None

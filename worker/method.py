@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io.geometry import InPlaneFlip
 from dicom_io.key_image import build_key_image
+from dicom_io.reasons import Reason
 from dicom_io.results import Algorithm, LordosisFinding, Producer
 from dicom_io.seg import build_segmentation
 from dicom_io.series import Series
@@ -41,7 +42,6 @@ KEY_IMAGE_NOTICE = "Derived image - not for primary diagnosis"
 # Flags that mean no spinal column was seen at all: such an input is refused. A column whose
 # levels were withheld (no sacrum in view) goes on, unlabelled, and its SR says why.
 NO_COLUMN = frozenset({"no_vertebrae_found", "no_discs_found", "canal_not_found"})
-NO_SPINE = "no spine found: no vertebral body was identified"
 
 
 class Outcome(StrEnum):
@@ -52,7 +52,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Refusal:
-    reason: str  # a short code: "no_spine_found", or the loader's (dicom_io.errors)
+    reason: str  # a code of dicom_io/reasons.py: "no_spine_found", or the loader's
     message: str  # one line for a person
 
 
@@ -164,7 +164,8 @@ def measure(slices: Slices, models: Models, settings: Settings) -> SeriesResult:
     measured = time.perf_counter()
     timings = {"inference_s": segmented - started, "measurement_s": measured - segmented}
     if not analysis.vertebrae and not NO_COLUMN.isdisjoint(analysis.flags):
-        return SeriesResult(Outcome.REFUSED, models.used(), Refusal("no_spine_found", NO_SPINE), analysis, slices,
+        no_spine = Refusal(Reason.NO_SPINE_FOUND, Reason.NO_SPINE_FOUND.sentence)
+        return SeriesResult(Outcome.REFUSED, models.used(), no_spine, analysis, slices,
                             class_maps, timings=timings)
     if models.classifier is not None:
         analysis = with_second_opinion(analysis, models.classifier.probabilities(slices.pixels[analysis.slice_index]))
