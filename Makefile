@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: demo test train bench accuracy reliability install system-deps services viewer clean
+.PHONY: demo test test-fast train bench accuracy reliability install system-deps services viewer clean
 
 demo: install
 	$(BIN)/lumbarnode demo
@@ -16,6 +16,11 @@ demo: install
 # pytest's exit code 5 means no tests were collected: that is a failure, not a pass.
 test: install system-deps services viewer
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); code=$$?; \
+	  if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$code
+
+# The fast tier: the unit tests of db/, dicom_io/ and pipeline/ (about a minute); `make test` runs them too.
+test-fast: install system-deps services
+	@$(BIN)/python -m pytest -m fast $(PYTEST_ARGS); code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$code
 
 # Re-creates the shipped weights in models/ (about an hour on 2 CPU cores; needs ../shared/data).
@@ -45,9 +50,9 @@ accuracy: install
 
 # Faults, load and fuzzing with the figures table (10,000 fuzz cases; `make test` runs 300).
 reliability: install system-deps services
-	LUMBARNODE_FUZZ_CASES=10000 $(BIN)/python -m pytest -q -p no:warnings tests/test_faults.py \
-	  tests/test_reliability.py tests/test_node.py tests/test_unusable_series.py tests/test_tls.py \
-	  tests/test_listener.py $(PYTEST_ARGS)
+	LUMBARNODE_FUZZ_CASES=10000 $(BIN)/python -m pytest -q -p no:warnings tests/system/test_faults.py \
+	  tests/system/test_reliability.py tests/system/test_node.py tests/worker/test_unusable_series.py tests/system/test_tls.py \
+	  tests/dicom_io/test_listener.py $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -17,7 +17,7 @@ from bench.common import (DCMTK_ENV, command_line, descendants, free_port, peak_
                           tool, wait_for, wait_for_port)
 from db import JobStore
 from dicom_io.scu import send_files
-from tests.local_services import postgres_url, redis_url
+from tests.helpers.services import postgres_url, redis_url
 from pipeline.synthetic.phantom import PhantomParams
 from worker.phantom_study import write_phantom_study
 from worker.settings import Settings

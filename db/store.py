@@ -358,7 +358,7 @@ class JobStore:
         """A new job for the series, with version = the series' highest version + 1."""
         uids = _str_list("instance_uids", instance_uids)
         if _status(status) not in CREATED_IN:
-            raise ValueError(f"a job is created {' or '.join(CREATED_IN)}, not {status}")
+            raise ValueError(f"a job is created {' or '.join(sorted(CREATED_IN))}, not {status}")
         for attempt in range(_VERSION_RETRIES):
             try:
                 with self._write_session.begin() as session:

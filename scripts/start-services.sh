@@ -16,7 +16,7 @@
 #     the URL carries the password: scram-sha-256 checks it, a trusting server ignores it.
 # Finally it connects with that URL's credentials over TCP and creates a schema, as the tests will.
 #
-# Settings (environment), for another cluster such as tests/test_setup_scripts.py's throwaway one:
+# Settings (environment), for another cluster such as tests/system/test_setup_scripts.py's throwaway one:
 #   LUMBARNODE_PG_HOST (127.0.0.1), LUMBARNODE_PG_PORT (5432), LUMBARNODE_PG_SOCKET_DIR
 #   (/var/run/postgresql), LUMBARNODE_PG_ADMIN (postgres: OS user and role of the peer login),
 #   LUMBARNODE_PG_CLUSTER ("<version> <name>" for pg_ctlcluster; the newest version in

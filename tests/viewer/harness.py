@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port, require_tool, wait_until
+from tests.helpers.tools import free_port, require_tool, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 OHIF_VERSION = "3.13.2"
