@@ -6,14 +6,11 @@ the node as a PACS does; the test then waits on Orthanc, not on the node."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import highdicom as hd
@@ -26,69 +23,17 @@ from pydicom.sr.codedict import codes as pydicom_codes
 from db import JobStore
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from dicom_io.volumes import load_real, wrap_as_dicom
+from tests.helpers.orthanc import Orthanc
 from tests.helpers.tools import DCMTK_ENV, free_port, require_tool, wait_until
 from worker.demo import DEMO_VOLUME
 from worker.settings import Settings
-
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-class Orthanc:
-    def __init__(self, root: Path, node_port: int):
-        self.http_port, self.dicom_port = free_port(), free_port()
-        config = {
-            "Name": "lumbarnode-test-pacs",
-            "StorageDirectory": str(root / "storage"),
-            "IndexDirectory": str(root / "index"),
-            "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port,
-            "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomModalities": {"lumbarnode": ["LUMBARNODE", "127.0.0.1", node_port]},
-            "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "StableAge": 1,
-        }
-        path = root / "orthanc.json"
-        path.write_text(json.dumps(config, indent=2))
-        self.log = open(root / "orthanc.log", "w")
-        self.process = subprocess.Popen([require_tool("Orthanc"), str(path)], env=DCMTK_ENV,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self._ready(), 60, "Orthanc to answer over REST", self.process)
-
-    def _ready(self) -> bool:
-        try:
-            return "Version" in self.get("/system")
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    def request(self, method: str, path: str, body: bytes | str | dict | None = None):
-        data = json.dumps(body).encode() if isinstance(body, dict) else body.encode() if isinstance(body, str) else body
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
-        with urllib.request.urlopen(req, timeout=120) as response:
-            payload = response.read()
-        kind = response.headers.get("Content-Type", "")
-        return json.loads(payload) if "json" in kind else payload
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def upload(self, folder: Path) -> list[dict]:
-        return [self.request("POST", "/instances", p.read_bytes()) for p in sorted(folder.glob("*.dcm"))]
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
-        self.log.close()
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Orthanc and the node, each knowing the other."""
     root = tmp_path_factory.mktemp("site")
     node_port = free_port()
-    orthanc = Orthanc(root, node_port)
+    orthanc = Orthanc(root, modalities={"lumbarnode": ["LUMBARNODE", "127.0.0.1", node_port]})
     settings = Settings(data_dir=root / "node", host="127.0.0.1", port=node_port, quiet_period_s=1.0,
                         allowed_callers=f"ORTHANC=ORTHANC@127.0.0.1:{orthanc.dicom_port}")
     log = open(root / "node.log", "w")
@@ -128,7 +73,7 @@ def test_echo_both_ways(site):
 
 def test_a_study_pushed_from_orthanc_gains_seg_sr_and_key_image(site, real_study):
     orthanc, settings, store = site
-    uploaded = orthanc.upload(real_study)
+    uploaded = orthanc.upload(sorted(real_study.glob("*.dcm")))
     study_id, series_id = uploaded[0]["ParentStudy"], uploaded[0]["ParentSeries"]
     orthanc.request("POST", "/modalities/lumbarnode/store", {"Resources": [series_id], "Synchronous": True})
     # wait on the PACS: the study must gain the three result series
@@ -165,7 +110,7 @@ def test_a_non_lumbar_series_is_skipped_and_nothing_comes_back(site, tmp_path):
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0, 0, float(ds.InstanceNumber) * 4]
         ds.save_as(path)
-    uploaded = orthanc.upload(tmp_path)
+    uploaded = orthanc.upload(sorted(tmp_path.glob("*.dcm")))
     study_id, series_id = uploaded[0]["ParentStudy"], uploaded[0]["ParentSeries"]
     orthanc.request("POST", "/modalities/lumbarnode/store", {"Resources": [series_id], "Synchronous": True})
     series_uid = orthanc.get(f"/series/{series_id}")["MainDicomTags"]["SeriesInstanceUID"]

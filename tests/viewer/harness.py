@@ -25,7 +25,6 @@ import json
 import mimetypes
 import os
 import shutil
-import subprocess
 import threading
 import time
 import urllib.error
@@ -36,13 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.tools import free_port, require_tool, wait_until
+from tests.helpers.orthanc import Orthanc
 
 ROOT = Path(__file__).resolve().parents[2]
 OHIF_VERSION = "3.13.2"
 OHIF_DIR = Path(os.environ.get("LUMBARNODE_OHIF_DIR", ROOT / "build" / "ohif"))
 ARTIFACTS = ROOT / "test-artifacts" / "viewer"
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 CHROMIUM_ARGS = [
     # WebGL on the CPU (SwiftShader): cornerstone3D renders through WebGL; without it OHIF
     # falls back to its CPU renderer, which is not what a radiologist's browser runs.
@@ -65,85 +63,6 @@ def ohif_dir() -> Path:
         raise ViewerSetupError(f"{OHIF_DIR} holds {stamp.read_text().strip()}, the tests are written for "
                                f"@ohif/app@{OHIF_VERSION}: run `bash scripts/install-viewer.sh`")
     return OHIF_DIR
-
-
-# -- Orthanc --------------------------------------------------------------------------
-
-
-class Orthanc:
-    """Orthanc on a free loopback port with DICOMweb at /dicom-web/, no authentication (it
-    refuses remote hosts: RemoteAccessAllowed false), its own storage under `root`."""
-
-    def __init__(self, root: Path):
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.http_port = free_port()
-        config = {
-            "Name": "lumbarnode-viewer-test",
-            "StorageDirectory": str(root / "storage"),
-            "IndexDirectory": str(root / "storage"),
-            "HttpPort": self.http_port,
-            "DicomServerEnabled": False,
-            "DicomPort": free_port(),
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "HttpCompressionEnabled": False,  # loopback: gzip only costs CPU
-            "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado"},
-            "StableAge": 1,
-            "HttpThreadsCount": 20,
-        }
-        self.config_path = root / "orthanc.json"
-        self.config_path.write_text(json.dumps(config, indent=2))
-        self.log_path = root / "orthanc.log"
-        self._log = open(self.log_path, "w")
-        if not DICOMWEB_PLUGIN.is_file():
-            raise ViewerSetupError(f"{DICOMWEB_PLUGIN} is missing: install Debian's orthanc-dicomweb")
-        self.process = subprocess.Popen([require_tool("Orthanc"), str(self.config_path)],
-                                        env={**os.environ, "TCP_NODELAY": "1"},
-                                        stdout=self._log, stderr=subprocess.STDOUT)
-        wait_until(self._ready, 60, "Orthanc to answer over REST", self.process)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def _ready(self) -> bool:
-        try:
-            return "dicom-web" in self.get("/plugins")  # the DICOMweb plugin is loaded
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None):
-        headers = {"Content-Type": content_type} if content_type else {}
-        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=60) as response:
-            payload = response.read()
-            kind = response.headers.get("Content-Type", "")
-        return json.loads(payload) if "json" in kind else payload
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def upload(self, paths: Iterable[Path]) -> list[dict]:
-        """POST each file to /instances (Orthanc's REST upload); every one must be stored."""
-        answers = []
-        for path in paths:
-            answer = self.request("POST", "/instances", path.read_bytes(), "application/dicom")
-            if answer.get("Status") not in ("Success", "AlreadyStored"):
-                raise AssertionError(f"Orthanc did not store {path}: {answer}")
-            answers.append(answer)
-        return answers
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
 
 
 # -- one origin: OHIF's files and Orthanc's DICOMweb ------------------------------------
@@ -621,7 +540,10 @@ class Viewer:
     """Orthanc + the one-origin server + a headless Chromium; pages are opened with `page()`."""
 
     def __init__(self, root: Path, playwright: Any):
-        self.orthanc = Orthanc(root / "orthanc")
+        try:
+            self.orthanc = Orthanc(root / "orthanc", name="lumbarnode-viewer-test", dicom=False)
+        except FileNotFoundError as exc:
+            raise ViewerSetupError(str(exc)) from None
         try:
             self.origin = SameOrigin(ohif_dir(), self.orthanc.http_port)
             self.browser = playwright.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
