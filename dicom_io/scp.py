@@ -82,6 +82,17 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _NOBODY = "NO-CALLER-SET"
 
 
+@dataclass
+class _Tally:
+    """What one association delivered, for its log line at the end."""
+
+    number: int
+    calling_ae: str
+    started: float  # time.monotonic() of its first C-STORE
+    stored: int = 0  # acknowledged (duplicates included)
+    refused: int = 0
+
+
 @dataclass(frozen=True)
 class StoredInstance:
     """One instance safely in the spool."""
@@ -204,7 +215,7 @@ class StorageSCP:
         self._on_refused = on_refused
         self._on_rejected = on_rejected
         self._server = None
-        self._ids: dict[int, int] = {}
+        self._ids: dict[int, _Tally] = {}
         self._next_id = 0
         self._lock = threading.Lock()
         self.ae = AE(ae_title=ae_title)
@@ -222,15 +233,28 @@ class StorageSCP:
 
     # --- handlers -------------------------------------------------------------------------
 
-    def _association_id(self, event) -> int:
+    def _tally(self, event) -> _Tally:
         key = id(event.assoc)
         with self._lock:
             if key not in self._ids:
                 self._next_id += 1
-                self._ids[key] = self._next_id
+                self._ids[key] = _Tally(self._next_id, str(event.assoc.requestor.ae_title).strip(), time.monotonic())
             return self._ids[key]
 
+    def _association_id(self, event) -> int:
+        return self._tally(event).number
+
     def _handle_store(self, event) -> int | Dataset:
+        tally = self._tally(event)
+        status = self._store(event)
+        with self._lock:
+            if status == SUCCESS:
+                tally.stored += 1
+            else:
+                tally.refused += 1
+        return status
+
+    def _store(self, event) -> int | Dataset:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         sop_class = str(event.request.AffectedSOPClassUID)
         affected_uid = str(event.request.AffectedSOPInstanceUID)
@@ -285,9 +309,13 @@ class StorageSCP:
 
     def _end(self, event, released: bool) -> None:
         with self._lock:
-            association = self._ids.pop(id(event.assoc), None)
-        if association is not None:
-            self._on_end(association, released)
+            tally = self._ids.pop(id(event.assoc), None)
+        if tally is not None:
+            # one line per association that stored anything (C-ECHO health checks are not logged)
+            log.info("association %d from %s %s after %.1f s: %d instances stored, %d refused", tally.number,
+                     tally.calling_ae, "released" if released else "aborted", time.monotonic() - tally.started,
+                     tally.stored, tally.refused)
+            self._on_end(tally.number, released)
 
     def _handle_rejected(self, event) -> None:
         request = event.assoc.requestor.primitive

@@ -24,7 +24,7 @@ from dicom_io.scu import echo, send_files
 from dicom_io.series import decodable_transfer_syntaxes
 from dicom_io.triage import SeriesRules, triage
 from tests.helpers.dicom_files import save
-from tests.helpers.tools import DCMTK_ENV, require_tool
+from tests.helpers.tools import DCMTK_ENV, require_tool, wait_until
 from worker.settings import Destination, Settings, parse_callers
 
 
@@ -116,7 +116,8 @@ def test_a_duplicate_is_accepted_and_keeps_the_first_file(scp, tmp_path):
     assert len(list(listener.spool.rglob("*.dcm"))) == 2
 
 
-def test_an_unsupported_sop_class_gets_a_refusal_status_not_an_abort(scp, tmp_path):
+def test_an_unsupported_sop_class_gets_a_refusal_status_not_an_abort(scp, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lumbarnode.scp")
     listener, stored, _, refused = scp
     ds = pydicom.dcmread(series_files(tmp_path / "src", n=2)[0])
     ds.SOPClassUID = UltrasoundImageStorage
@@ -133,6 +134,10 @@ def test_an_unsupported_sop_class_gets_a_refusal_status_not_an_abort(scp, tmp_pa
     assert assoc.send_c_store(mr).Status == 0x0000
     assoc.release()
     assert refused == [f"sop_class_not_supported:{UltrasoundImageStorage}"]
+    # one log line for the association, with what it delivered (an association that only echoes has none)
+    ended = wait_until(lambda: [r.getMessage() for r in caplog.records if "released after" in r.getMessage()], 10,
+                       "the association's log line")
+    assert len(ended) == 1 and "from PACS released" in ended[0] and "1 instances stored, 1 refused" in ended[0]
     assert len(stored) == 1
 
 
