@@ -106,30 +106,6 @@ class StoredInstance:
     association: int  # an id of the association it came on
     duplicate: bool
     received_at: float  # time.monotonic()
-    header: Dataset | None = None  # what series assembly reads of it (received_header), parsed once here
-
-
-# What series assembly needs of every instance (triage, the completeness check, the series row):
-# kept from the dataset the listener has already parsed, so that nothing reads the file again.
-ASSEMBLY_KEYWORDS = ("SOPClassUID", "Modality", "ImageOrientationPatient", "ImagePositionPatient", "InstanceNumber",
-                     "NumberOfFrames", "BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName",
-                     "AccessionNumber")
-
-
-def received_header(ds: Dataset) -> Dataset:
-    """The elements of ASSEMBLY_KEYWORDS, and an enhanced image's plane orientation (first item
-    of its functional groups), copied out of a received dataset."""
-    header = Dataset()
-    for keyword in ASSEMBLY_KEYWORDS:
-        if keyword in ds:
-            header[keyword] = ds[keyword]
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        items = ds.get(groups) or []
-        if items and "PlaneOrientationSequence" in items[0]:
-            item = Dataset()
-            item.PlaneOrientationSequence = items[0].PlaneOrientationSequence
-            setattr(header, groups, [item])
-    return header
 
 
 def spool_path(spool: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
@@ -269,7 +245,6 @@ class StorageSCP:
             ds = event.dataset  # parsed lazily: only the elements read below are decoded
             study_uid, series_uid = ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID")
             sop_uid = ds.get("SOPInstanceUID")
-            header = received_header(ds)
         except Exception as exc:  # a dataset pydicom cannot even walk
             log.warning("instance %s from %s could not be parsed: %s", affected_uid, calling_ae, type(exc).__name__)
             self._on_refused(affected_uid, "unparseable_dataset")
@@ -297,7 +272,7 @@ class StorageSCP:
                 self._on_refused(sop_uid, "spool_write_failed")
                 return _status(OUT_OF_RESOURCES, f"the node could not store the instance ({exc.strerror})")
         self._on_stored(StoredInstance(study_uid, series_uid, sop_uid, sop_class, path, calling_ae,
-                                       self._association_id(event), duplicate, time.monotonic(), header))
+                                       self._association_id(event), duplicate, time.monotonic()))
         return SUCCESS
 
     def _handle_released(self, event) -> None:

@@ -55,7 +55,6 @@ class _Pending:
     associations: set[int] = field(default_factory=set)
     cut_short: bool = False  # the last association that delivered to it ended without a release
     incomplete: str | None = None  # why it looked incomplete when it was due: it waits longer
-    headers: dict[str, pydicom.Dataset] = field(default_factory=dict)  # SOP instance UID -> what the listener read
 
     def wait_s(self, settings: Settings) -> float:
         return settings.incomplete_wait_s if self.cut_short or self.incomplete else settings.quiet_period_s
@@ -92,8 +91,6 @@ class SeriesAssembler:
                 (instance.path.parent / RECEIVING_FILE).touch()
             pending.associations.add(instance.association)
             pending.incomplete = None  # judged again when it is due
-            if instance.header is not None:
-                pending.headers[instance.sop_instance_uid] = instance.header
             self._open.add(instance.association)
 
     def association_ended(self, association: int, released: bool = True) -> None:
@@ -132,12 +129,6 @@ class SeriesAssembler:
     def _folder(self, pending: _Pending) -> Path:
         return self.settings.spool_dir / pending.study_uid / pending.series_uid
 
-    @staticmethod
-    def _header(pending: _Pending, path: Path) -> pydicom.Dataset:
-        """What the listener read of the instance; from the file only for an instance it did not
-        hand over (a series recovered from the spool after a restart)."""
-        return pending.headers.get(path.stem) or pydicom.dcmread(path, stop_before_pixels=True)
-
     def complete(self, pending: _Pending, quiet_s: float = 0.0) -> JobView | None:
         folder = self._folder(pending)
         files = sorted(folder.glob("*.dcm"))
@@ -149,12 +140,12 @@ class SeriesAssembler:
             return None  # only duplicates arrived: the job made before covers them
         incomplete = None
         try:
-            header = self._header(pending, files[0])
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
             slices = len(files) if len(files) > 1 else frame_count(header)
             reason = triage(header, slices, self.rules)
             if reason is None:
                 incomplete = CUT_SHORT if pending.cut_short else missing_instances(
-                    [self._header(pending, f) for f in files])
+                    [pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         except Exception as exc:  # stored as received, but not even its header can be read
             header, reason = pydicom.Dataset(), Reason.MALFORMED_FILE.coded(type(exc).__name__)
         if incomplete and quiet_s < self.settings.incomplete_wait_s:
