@@ -35,7 +35,6 @@ class Status(StrEnum):
 
 CREATED_IN = frozenset({Status.RECEIVED, Status.SKIPPED})
 FINISHED = frozenset({Status.DONE, Status.SKIPPED, Status.FAILED, Status.EXPORT_FAILED})
-WITH_RESULTS = frozenset({Status.EXPORTING, Status.DONE, Status.EXPORT_FAILED})  # results folder complete
 
 # (from, to): who makes that move. Nothing else is allowed.
 TRANSITIONS: dict[tuple[Status, Status], str] = {
@@ -74,9 +73,3 @@ def check_move(current: str, new: str) -> None:
 
 def may_move(current: str, new: str) -> bool:
     return (status(current), status(new)) in TRANSITIONS
-
-
-def sources(new: str) -> tuple[Status, ...]:
-    """Every state a job may move to `new` from."""
-    target = status(new)
-    return tuple(a for a, b in TRANSITIONS if b is target)

@@ -465,12 +465,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hand_over_to_training(argv: list[str]) -> int:
+    """`lumbarnode train|evaluate|package`: training/ owns these and their options. It runs as
+    its own process (`python -m training`), so the node's runtime never imports training code
+    and an image without training/ still runs everything else."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("training") is None:
+        print(f"lumbarnode {argv[0]}: training/ is not installed here (run it from a checkout: make train)",
+              file=sys.stderr)
+        return 2
+    return subprocess.run([sys.executable, "-m", "training", *argv]).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("train", "evaluate", "package"):  # training/ owns its own options
-        from training.__main__ import main as training_main
-
-        return training_main(argv)
+    if argv and argv[0] in ("train", "evaluate", "package"):
+        return _hand_over_to_training(argv)
     args = build_parser().parse_args(argv)
     from db.migrate import DatabaseNotReady
     from worker.settings import SettingsError

@@ -142,10 +142,6 @@ class SeriesResult:
             return self.analysis.flags
         return (*self.slices.flags, *self.analysis.flags)
 
-    @property
-    def lla_deg(self) -> float | None:
-        return None if self.analysis is None or self.outcome is Outcome.REFUSED else self.analysis.lla_deg
-
 
 def refused(reason: str, message: str, models: ModelsUsed | None = None) -> SeriesResult:
     return SeriesResult(Outcome.REFUSED, models, Refusal(reason, message))
