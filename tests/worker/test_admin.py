@@ -1,4 +1,4 @@
-"""`lumbarnode admin` (worker/admin.py) for real: a job database filled through JobStore
+"""`lumbarnode admin` (worker/admin/) for real: a job database filled through JobStore
 (an SQLite file, and a fresh schema of the PostgreSQL that `make test` starts), the app
 served by uvicorn on a free loopback port, the pages driven by headless Chromium (the
 Debian package, through Playwright; no downloaded browser), the JSON API and /metrics read

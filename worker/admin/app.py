@@ -11,28 +11,14 @@ Only GET routes; nothing here writes to the database or the results folders. The
 authentication, so the server binds to loopback (`ADMIN_HOST=127.0.0.1`) unless configured
 otherwise. The database holds no patient names and nothing here reads DICOM files.
 
-Metrics (all computed from the database when scraped, so any number of admin processes
-report the same values):
-- `lumbarnode_jobs{status}`: jobs in each status (every status, 0 included);
-- `lumbarnode_queue_depth`: jobs in status `queued`: the database's view of the queue
-  (a job whose message is still in the broker), not a count read from the broker;
-- `lumbarnode_stage_seconds{stage,quantile}`: p50 and p95 of each stage's duration over the
-  last `STAGE_WINDOW` (200) `done` jobs, newest by creation; `lumbarnode_stage_samples{stage}`
-  is how many of those jobs recorded the stage. Gauges over a window, not a cumulative
-  summary: do not rate() them;
-- `lumbarnode_export_attempts_total{status}` and `lumbarnode_export_failures_total`:
-  export attempts recorded (sent / failed), all time;
-- `lumbarnode_disk_bytes{area}`: what the spool and the results folders hold (`spool`,
-  `results`) and the spool's file system (`free`, `total`); zeros where this process does not
-  see the spool. The retention cleaner (worker/retention.py) keeps them from growing.
+The metrics are in worker/admin/metrics.py, the server in worker/admin/server.py.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,24 +28,18 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from db import STATUSES, JobStore, JobView
 from dicom_io.codes import flag_meaning
+from worker.admin.metrics import STAGES, JobMetrics, stage_name
 from worker.retention import disk_usage
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 OVERLAY = "overlay.png"
-STAGE_WINDOW = 200  # done jobs the stage quantiles are computed over
-QUANTILES = (0.5, 0.95)
 LIST_LIMIT = 100  # rows of the HTML list
-# Stages in the order a job goes through them (JobView.timings keys); others follow sorted.
-STAGES = ("quiet_period_s", "queue_wait_s", "load_s", "model_load_s", "inference_s", "measurement_s",
-          "build_s", "export_s")
 SINCE_CHOICES = (("all", "any time"), ("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days"),
                  ("30d", "last 30 days"))
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
@@ -102,20 +82,6 @@ def _status(text: str | None) -> str | None:
     return text
 
 
-def quantile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default method)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def stage_name(key: str) -> str:
-    """'inference_s' -> 'inference'."""
-    return key.removesuffix("_s")
-
-
 def ordered_timings(timings: dict[str, float]) -> list[tuple[str, float]]:
     known = [(k, timings[k]) for k in STAGES if k in timings]
     return known + sorted((k, v) for k, v in timings.items() if k not in STAGES)
@@ -130,60 +96,6 @@ def overlay_path(job: JobView) -> Path | None:
     if path.is_symlink() or not path.is_file():
         return None
     return path
-
-
-class JobMetrics(Collector):
-    """Reads the job database at every scrape (see the module docstring for the names)."""
-
-    def __init__(self, store: JobStore, settings: Settings, window: int = STAGE_WINDOW):
-        self.store = store
-        self.settings = settings
-        self.window = window
-
-    def describe(self) -> list[Metric]:
-        return []  # registering must not query the database
-
-    def collect(self) -> Iterator[Metric]:
-        counts = self.store.count_by_status()
-        jobs = GaugeMetricFamily("lumbarnode_jobs", "Jobs in the database by status", labels=["status"])
-        for status in STATUSES:
-            jobs.add_metric([status], counts.get(status, 0))
-        yield jobs
-        yield GaugeMetricFamily("lumbarnode_queue_depth",
-                                "Jobs in status queued (the database's view of the queue)", value=counts["queued"])
-
-        per_stage: dict[str, list[float]] = {}
-        for job in self.store.list_jobs(status="done", limit=self.window):
-            for key, seconds in job.timings.items():
-                per_stage.setdefault(stage_name(key), []).append(seconds)
-        stages = GaugeMetricFamily(
-            "lumbarnode_stage_seconds",
-            f"Stage duration quantiles over the last {self.window} done jobs", labels=["stage", "quantile"])
-        samples = GaugeMetricFamily(
-            "lumbarnode_stage_samples",
-            f"Done jobs (of the last {self.window}) that recorded the stage", labels=["stage"])
-        for stage, values in sorted(per_stage.items()):
-            for q in QUANTILES:
-                stages.add_metric([stage, str(q)], quantile(values, q))
-            samples.add_metric([stage], len(values))
-        yield stages
-        yield samples
-
-        attempts = self.store.count_exports_by_status()
-        by_status = CounterMetricFamily("lumbarnode_export_attempts", "Export attempts recorded, by outcome",
-                                        labels=["status"])
-        for status, count in sorted(attempts.items()):
-            by_status.add_metric([status], count)
-        yield by_status
-        yield CounterMetricFamily("lumbarnode_export_failures", "Export attempts that failed",
-                                  value=attempts.get("failed", 0))
-
-        usage = disk_usage(self.settings)
-        disk = GaugeMetricFamily("lumbarnode_disk_bytes", "The spool and the results folders, and the spool's file "
-                                 "system (free, total)", labels=["area"])
-        for area in ("spool", "results", "free", "total"):
-            disk.add_metric([area], getattr(usage, f"{area}_bytes"))
-        yield disk
 
 
 # -- rendering ------------------------------------------------------------------------
@@ -308,35 +220,3 @@ def create_app(settings: Settings) -> FastAPI:
         return PlainTextResponse("ok")
 
     return app
-
-
-def run_admin(settings: Settings, host: str | None = None, port: int | None = None) -> int:
-    """Serve the admin application until interrupted (uvicorn). Binds to
-    `settings.admin_host` (127.0.0.1 by default) and `settings.admin_port`."""
-    import uvicorn
-
-    host = host or settings.admin_host
-    port = settings.admin_port if port is None else port
-    if not 0 < port < 65536:
-        raise SettingsError(f"--port {port}: expected a TCP port, 1 to 65535")
-    _check_bindable(host, port)
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("admin page on %s:%d has no authentication: anyone who can reach it sees the job list",
-                    host, port)
-    # No access log: its query strings would carry the accession numbers people search for.
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="info")
-    return 0
-
-
-def _check_bindable(host: str, port: int) -> None:
-    """A port in use is one line naming it, before uvicorn starts (it would log and exit 1)."""
-    import socket
-
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        raise SettingsError(f"cannot listen on {host}:{port} ({exc.strerror}): another program has the port; "
-                            "set LUMBARNODE_ADMIN_PORT or --port") from None
