@@ -147,3 +147,57 @@ class Event(Base):
     series_id: Mapped[int | None] = mapped_column(sa.ForeignKey("series.id"))
     kind: Mapped[str] = mapped_column(sa.String(32))
     message: Mapped[str] = mapped_column(sa.Text)
+
+
+class User(Base):
+    """Someone who may use the admin page and its API (db/access.py). `password_hash` is an
+    argon2 hash (worker/admin/passwords.py), None for users who sign in through OpenID Connect."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    role: Mapped[str] = mapped_column(sa.String(16))  # viewer, operator, admin (db.access.Role)
+    source: Mapped[str] = mapped_column(sa.String(16))  # local or oidc
+    password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    disabled: Mapped[bool] = mapped_column(default=False)
+    failed_logins: Mapped[int] = mapped_column(default=0)  # consecutive, reset by a good login
+    locked_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
+
+
+class Credential(Base):
+    """A browser session or an API token. Only the SHA-256 of the random secret is stored:
+    a copy of the database signs nobody in."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # session or token
+    secret_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    label: Mapped[str] = mapped_column(sa.String(64), default="")  # a token's name
+    csrf_token: Mapped[str | None] = mapped_column(sa.String(64))  # sessions: what every form must echo
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Who did what: logins (good and failed), job views, retries, user changes, rejected
+    associations. UIDs and user names only, never patient names or IDs."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(sa.String(128))  # a user name, a calling AE title, cli:<os user>
+    actor_kind: Mapped[str] = mapped_column(sa.String(16))  # user, dicom, cli
+    action: Mapped[str] = mapped_column(sa.String(32), index=True)
+    outcome: Mapped[str] = mapped_column(sa.String(16))  # ok, denied, failed
+    job_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id"), index=True)
+    target: Mapped[str] = mapped_column(sa.String(128), default="")  # e.g. the user acted on
+    address: Mapped[str] = mapped_column(sa.String(64), default="")  # the client's IP address
+    detail: Mapped[str] = mapped_column(sa.Text, default="")

@@ -36,6 +36,7 @@ OTHER_VARIABLES = frozenset({
     "FUZZ_CASES",
 })
 INCOMPLETE_SERIES_CHOICES = ("skip", "measure")
+ADMIN_ROLES = ("viewer", "operator", "admin")  # db.access.Role (settings import nothing from db)
 
 
 class SettingsError(ValueError):
@@ -121,6 +122,25 @@ class Settings:
     retention_failed_days: float = 30.0  # failed or skipped: kept longer, for a look at what went wrong
     admin_host: str = "127.0.0.1"  # `lumbarnode admin` (page, JSON API, /metrics): loopback unless set
     admin_port: int = 8080
+    # who may use the admin page and its API (worker/admin/auth.py); users: `lumbarnode users`
+    admin_session_idle_min: float = 30.0  # a browser session ends after this long unused ...
+    admin_session_max_h: float = 12.0  # ... and this long after its login, in use or not
+    admin_token_days: float = 90.0  # lifetime of an API token unless `users token --days` says otherwise
+    admin_login_max_failures: int = 5  # wrong passwords in a row that lock an account ...
+    admin_lockout_min: float = 15.0  # ... for this long
+    admin_tls_cert: Path | None = None  # HTTPS for the admin page: its certificate (PEM) and ...
+    admin_tls_key: Path | None = None  # ... its private key; with both, cookies are Secure
+    admin_secure_cookies: bool = False  # behind an HTTPS reverse proxy: cookies Secure too
+    admin_trusted_proxies: str = ""  # proxy addresses whose X-Forwarded-For/-Proto are believed ("*": any)
+    admin_initial_user: str = ""  # created as an admin at start while there is no user yet, with ...
+    admin_initial_password_file: Path | None = None  # ... the password in this file (a secret)
+    # OpenID Connect sign-in (a site's identity provider), on when the issuer is set
+    oidc_issuer: str = ""  # the provider's issuer URL; discovery at <issuer>/.well-known/openid-configuration
+    oidc_client_id: str = ""
+    oidc_client_secret_file: Path | None = None  # the client secret, in a file (never a setting's value)
+    oidc_username_claim: str = "preferred_username"  # the ID token claim that names the user (else sub)
+    oidc_roles_claim: str = "groups"  # the ID token claim listing the user's groups or roles
+    oidc_role_map: str = "lumbarnode-admin=admin,lumbarnode-operator=operator,lumbarnode-viewer=viewer"
     # DICOM TLS (see dicom_io.tls): PEM files
     tls_cert: Path | None = None  # the node's certificate; with tls_key the listener speaks TLS only
     tls_key: Path | None = None  # its private key, unencrypted
@@ -140,7 +160,8 @@ class Settings:
         object.__setattr__(self, "results_dir", (self.results_dir or data / "results").expanduser().resolve())
         object.__setattr__(self, "database_url", self.database_url or f"sqlite:///{data / 'lumbarnode.db'}")
         object.__setattr__(self, "broker_url", self.broker_url or f"sqla+sqlite:///{data / 'broker.db'}")
-        for name in ("tls_cert", "tls_key", "tls_ca"):
+        for name in ("tls_cert", "tls_key", "tls_ca", "admin_tls_cert", "admin_tls_key", "admin_initial_password_file",
+                     "oidc_client_secret_file"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
         self._check()
@@ -190,6 +211,23 @@ class Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError(f"{variable('tls_cert')} and {variable('tls_key')} go together: set both "
                                 "(the listener speaks TLS only) or neither")
+        for name in ("admin_session_idle_min", "admin_session_max_h", "admin_token_days", "admin_login_max_failures",
+                     "admin_lockout_min"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "expected a number > 0")
+        if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
+            raise SettingsError(f"{variable('admin_tls_cert')} and {variable('admin_tls_key')} go together: set both "
+                                "(the admin page speaks HTTPS) or neither")
+        if self.admin_initial_user and self.admin_initial_password_file is None:
+            raise SettingsError(f"{variable('admin_initial_user')} needs {variable('admin_initial_password_file')}, "
+                                "a file with its password")
+        if self.oidc_issuer:
+            if not re.fullmatch(r"https?://\S+", self.oidc_issuer):
+                raise bad("oidc_issuer", "expected the identity provider's issuer URL, https://...")
+            if not self.oidc_client_id or self.oidc_client_secret_file is None:
+                raise SettingsError(f"{variable('oidc_issuer')} needs {variable('oidc_client_id')} and "
+                                    f"{variable('oidc_client_secret_file')} (a file with the client secret)")
+            self.oidc_roles()
         if self.export_tls and self.tls_ca is None:
             raise SettingsError(f"{variable('export_tls')} needs {variable('tls_ca')}, the CA that the "
                                 "destination's certificate is verified against")
@@ -238,6 +276,22 @@ class Settings:
         """The U-Net weights files that are not there (a mirrored member needs its network's file)."""
         files = [Path(str(path).removesuffix(":flip")) for path in self.segmentation_weights()]
         return [path for path in files if not path.is_file()] if files else [self.model_dir]
+
+    def oidc_roles(self) -> dict[str, str]:
+        """OIDC_ROLE_MAP "group=role,...": the identity provider's group (or role) -> lumbarnode role."""
+        roles = {}
+        for entry in filter(None, (part.strip() for part in self.oidc_role_map.split(","))):
+            group, _, role = (part.strip() for part in entry.rpartition("="))
+            if not group or role not in ADMIN_ROLES:
+                raise SettingsError(f"{variable('oidc_role_map')}: {entry!r}: expected GROUP=ROLE, the role one of "
+                                    f"{', '.join(ADMIN_ROLES)}")
+            roles[group] = role
+        return roles
+
+    @property
+    def admin_https(self) -> bool:
+        """The admin page is reached over HTTPS (its own, or a proxy's): cookies are Secure."""
+        return self.admin_tls_cert is not None or self.admin_secure_cookies
 
     @property
     def callers(self) -> dict[str, Destination | None]:

@@ -1,17 +1,19 @@
-"""`lumbarnode admin`: a read-only web view of the job database.
+"""`lumbarnode admin`: the web view of the job database, and the operator's retry.
 
-- `/`                       the job list (HTML): filters by status, age and UID/accession number
-- `/jobs/{id}`              one job: stages and timings, result, flags, exports, events, overlay
-- `/jobs/{id}/overlay.png`  the picture of the measurement from the job's results folder
-- `/api/jobs`, `/api/jobs/{id}`, `/api/status`   the same as JSON
-- `/metrics`                Prometheus text format, read from the database at scrape time
-- `/healthz`                "ok"
+- `/`                        the job list (HTML): filters by status, age and UID/accession number
+- `/jobs/{id}`               one job: stages and timings, result, flags, exports, events, overlay
+- `/jobs/{id}/overlay.png`   the picture of the measurement from the job's results folder
+- `/jobs/{id}/retry|resend`  POST (operator): run the job again / send its results again
+- `/api/jobs`, `/api/jobs/{id}`, `/api/status`, `/api/me`   the same as JSON;
+  POST `/api/jobs/{id}/retry|resend`
+- `/login`, `/logout`, `/users`, `/audit`, `/api/audit`    worker/admin/accounts.py
+- `/metrics`                 Prometheus text format, read from the database at scrape time
+- `/healthz`                 "ok"
 
-Only GET routes; nothing here writes to the database or the results folders. There is no
-authentication, so the server binds to loopback (`ADMIN_HOST=127.0.0.1`) unless configured
-otherwise. The database holds no patient names and nothing here reads DICOM files.
-
-The metrics are in worker/admin/metrics.py, the server in worker/admin/server.py.
+Every route but /healthz, /metrics and the login needs a user (worker/admin/auth.py: who
+may do what); /metrics and /healthz carry counts only, nothing about patients. Nothing here
+writes to the results folders. The database holds no patient names and nothing here reads
+DICOM files.
 """
 
 from __future__ import annotations
@@ -23,25 +25,27 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from db import STATUSES, JobStore, JobView
-from dicom_io.codes import flag_meaning
-from worker.admin.metrics import STAGES, JobMetrics, stage_name
+from db.access import AccessStore
+from db.lifecycle import Status
+from worker.admin import accounts
+from worker.admin.auth import Forbidden, Guard, LoginRequired, Permission, Principal
+from worker.admin.metrics import STAGES, JobMetrics
+from worker.admin.web import Web
+from worker.bookkeeper import Bookkeeper, NothingToRetry
 from worker.retention import disk_usage
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 OVERLAY = "overlay.png"
 LIST_LIMIT = 100  # rows of the HTML list
-SINCE_CHOICES = (("all", "any time"), ("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days"),
-                 ("30d", "last 30 days"))
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECURITY_HEADERS = {
@@ -98,35 +102,32 @@ def overlay_path(job: JobView) -> Path | None:
     return path
 
 
-# -- rendering ------------------------------------------------------------------------
+# What the job page offers an operator, by the job's status (Bookkeeper.retry decides what it means).
+RETRYABLE = frozenset({Status.FAILED, Status.DONE, Status.RUNNING, Status.QUEUED, Status.EXPORT_FAILED})
+RESENDABLE = frozenset({Status.DONE, Status.EXPORTING, Status.EXPORT_FAILED})
+NOTICES = {"retry": "Retry requested: the job's events below say what was done.",
+           "resend": "Sending the results again: the export attempts below show how it goes."}
 
 
-def _utc(value: datetime | None) -> str:
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _bookkeeper(store: JobStore, settings: Settings) -> Bookkeeper:
+    from worker import tasks  # the Celery app: only when an operator retries
 
-
-def _short(value: str | None, width: int = 60) -> str:
-    value = value or ""
-    return value if len(value) <= width else value[: width - 1] + "\u2026"
-
-
-def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(utc=_utc, short=_short, meaning=flag_meaning, stage=lambda k: stage_name(k).replace("_", " "))
-    env.globals.update(STATUSES=STATUSES, SINCE_CHOICES=SINCE_CHOICES)
-    return env
+    return Bookkeeper(store, settings, tasks.enqueue_process, tasks.enqueue_export)
 
 
 # -- the application ------------------------------------------------------------------
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The admin application over the job database at `settings.database_url`."""
+def create_app(settings: Settings, bookkeeper: Bookkeeper | None = None) -> FastAPI:
+    """The admin application over the job database at `settings.database_url`. `bookkeeper`
+    sends the operators' retries (default: the node's queue, made at the first retry)."""
     store = JobStore(settings.database_url)
+    access = AccessStore(store)
+    guard = Guard(access, settings)
+    web = Web(settings, store, access, guard)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobMetrics(store, settings))
-    env = _environment()
+    sender: list[Bookkeeper] = [bookkeeper] if bookkeeper else []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     # No interactive docs: they load scripts from a CDN (and the CSP forbids scripts).
     app = FastAPI(title="lumbarnode admin", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.store = store
+    app.state.access = access
     app.state.settings = settings
 
     @app.middleware("http")
@@ -143,49 +145,105 @@ def create_app(settings: Settings) -> FastAPI:
         response = await call_next(request)
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if settings.admin_tls_cert is not None:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
-    def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(**context), status_code=status_code)
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": "authentication required: a session, or Authorization: Bearer TOKEN"},
+                                status_code=401, headers={"WWW-Authenticate": 'Bearer realm="lumbarnode"'})
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
 
-    def error_page(status_code: int, message: str) -> HTMLResponse:
-        return page("error.html", status_code, code=status_code, message=message)
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": str(exc)}, status_code=403)
+        return web.error_page(request, 403, str(exc))
+
+    viewer = Depends(guard.need(Permission.VIEW_JOBS))
+    operator = Depends(guard.need_to_change(Permission.RETRY))
 
     # -- HTML
 
     @app.get("/", response_class=HTMLResponse)
-    def job_list(status: str | None = None, q: str | None = None, since: str | None = None) -> HTMLResponse:
+    def job_list(request: Request, status: str | None = None, q: str | None = None, since: str | None = None,
+                 _: Principal = viewer) -> HTMLResponse:
         try:
             wanted, after = _status(status), parse_since(since)
         except ValueError as exc:
-            return error_page(400, str(exc))
+            return web.error_page(request, 400, str(exc))
         jobs = store.list_jobs(status=wanted, since=after, search=q, limit=LIST_LIMIT)
         counts = store.count_by_status()
-        return page("jobs.html", jobs=jobs, counts=counts, total=sum(counts.values()), limit=LIST_LIMIT,
-                    disk=disk_usage(settings), retention=(settings.retention_done_days, settings.retention_failed_days),
-                    status=wanted or "", q=(q or "").strip(), since=(since or "all").strip() or "all")
+        return web.page(request, "jobs.html", jobs=jobs, counts=counts, total=sum(counts.values()), limit=LIST_LIMIT,
+                        disk=disk_usage(settings),
+                        retention=(settings.retention_done_days, settings.retention_failed_days),
+                        status=wanted or "", q=(q or "").strip(), since=(since or "all").strip() or "all")
 
     @app.get("/jobs/{job_id:int}", response_class=HTMLResponse)
-    def job_page(job_id: int) -> HTMLResponse:
+    def job_page(request: Request, job_id: int, notice: str = "", _: Principal = viewer) -> HTMLResponse:
         job = store.get_job(job_id)
         if job is None:
-            return error_page(404, f"No job {job_id}.")
-        return page("job.html", job=job, timings=ordered_timings(job.timings), exports=store.exports(job_id),
-                    events=store.events(job_id), has_overlay=overlay_path(job) is not None)
+            return web.error_page(request, 404, f"No job {job_id}.")
+        guard.audit(request, "view_job", job_id=job_id)
+        return web.page(request, "job.html", job=job, timings=ordered_timings(job.timings),
+                        exports=store.exports(job_id), events=store.events(job_id),
+                        has_overlay=overlay_path(job) is not None, notice=NOTICES.get(notice, ""),
+                        retryable=Status(job.status) in RETRYABLE, resendable=Status(job.status) in RESENDABLE)
 
     @app.get("/jobs/{job_id:int}/overlay.png")
-    def overlay(job_id: int) -> FileResponse:
+    def overlay(job_id: int, _: Principal = viewer) -> FileResponse:
         job = store.get_job(job_id)
         path = None if job is None else overlay_path(job)
         if path is None:
             raise HTTPException(404, f"no overlay for job {job_id}")
         return FileResponse(path, media_type="image/png")
 
+    def retry(request: Request, job_id: int, export_only: bool) -> str:
+        """Bookkeeper.retry for the operator of `request`, with its audit row. KeyError for an
+        unknown job, NothingToRetry when its status has nothing to retry."""
+        job = store.get_job(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        action = "resend" if export_only else "retry"
+        if not sender:
+            sender.append(_bookkeeper(store, settings))
+        try:
+            done = sender[0].retry(job, export_only=export_only)
+        except NothingToRetry as exc:
+            guard.audit(request, action, outcome="failed", job_id=job_id, detail=str(exc))
+            raise
+        except Exception as exc:  # the queue is not reachable: say so, record it
+            guard.audit(request, action, outcome="failed", job_id=job_id, detail=f"{type(exc).__name__}: {exc}")
+            raise HTTPException(503, f"the queue is not reachable ({type(exc).__name__}); try again") from None
+        guard.audit(request, action, job_id=job_id, detail=done)
+        return done
+
+    def retry_page(request: Request, job_id: int, export_only: bool) -> Response:
+        try:
+            retry(request, job_id, export_only)
+        except KeyError:
+            return web.error_page(request, 404, f"No job {job_id}.")
+        except NothingToRetry as exc:
+            return web.error_page(request, 409, str(exc))
+        notice = "resend" if export_only else "retry"
+        return RedirectResponse(f"/jobs/{job_id}?notice={notice}", status_code=303)
+
+    @app.post("/jobs/{job_id:int}/retry")
+    def retry_form(request: Request, job_id: int, _: Principal = operator) -> Response:
+        return retry_page(request, job_id, export_only=False)
+
+    @app.post("/jobs/{job_id:int}/resend")
+    def resend_form(request: Request, job_id: int, _: Principal = operator) -> Response:
+        return retry_page(request, job_id, export_only=True)
+
     # -- JSON
 
     @app.get("/api/jobs")
     def api_jobs(status: str | None = None, q: str | None = None, since: str | None = None,
-                 limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+                 limit: int = Query(100, ge=1, le=1000), _: Principal = viewer) -> dict[str, Any]:
         try:
             wanted, after = _status(status), parse_since(since)
         except ValueError as exc:
@@ -193,18 +251,38 @@ def create_app(settings: Settings) -> FastAPI:
         return {"jobs": [j.as_dict() for j in store.list_jobs(status=wanted, since=after, search=q, limit=limit)]}
 
     @app.get("/api/jobs/{job_id:int}")
-    def api_job(job_id: int) -> dict[str, Any]:
+    def api_job(request: Request, job_id: int, _: Principal = viewer) -> dict[str, Any]:
         job = store.get_job(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
+        guard.audit(request, "view_job", job_id=job_id, detail="API")
         return {**job.as_dict(), "exports": [e.as_dict() for e in store.exports(job_id)],
                 "events": [e.as_dict() for e in store.events(job_id)]}
 
+    def api_retry(request: Request, job_id: int, export_only: bool) -> dict[str, Any]:
+        try:
+            done = retry(request, job_id, export_only)
+        except KeyError:
+            raise HTTPException(404, f"no job {job_id}") from None
+        except NothingToRetry as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"job": store.get_job(job_id).as_dict(), "done": done}
+
+    @app.post("/api/jobs/{job_id:int}/retry")
+    def api_retry_job(request: Request, job_id: int, _: Principal = operator) -> dict[str, Any]:
+        return api_retry(request, job_id, export_only=False)
+
+    @app.post("/api/jobs/{job_id:int}/resend")
+    def api_resend_job(request: Request, job_id: int, _: Principal = operator) -> dict[str, Any]:
+        return api_retry(request, job_id, export_only=True)
+
     @app.get("/api/status")
-    def api_status() -> dict[str, int]:
+    def api_status(_: Principal = viewer) -> dict[str, int]:
         return store.count_by_status()
 
-    # -- operations
+    accounts.add_routes(app, web)
+
+    # -- operations: no login (monitoring), nothing about patients
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -220,3 +298,7 @@ def create_app(settings: Settings) -> FastAPI:
         return PlainTextResponse("ok")
 
     return app
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
