@@ -341,6 +341,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     except NothingToRetry as exc:
         print(f"jobs: {exc}", file=sys.stderr)
         return 2
+    import getpass
+
+    from db.access import AccessStore
+
+    AccessStore(store).audit("resend" if args.export_only else "retry", actor=f"cli:{getpass.getuser()}",
+                             actor_kind="cli", job_id=job.id, detail=done)
     print(f"job {job.id}: {done}")
     return 0
 
@@ -453,7 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--export-only", action="store_true", help="only send the results of a done job again")
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("admin", help="read-only web page of the jobs, JSON API and Prometheus /metrics")
+    from worker import users_command
+
+    p_users, p_audit = users_command.add_parsers(sub, _since, _positive)
+    p_users.set_defaults(func=lambda a: users_command.cmd_users(a, _open_store, _settings()))
+    p_audit.set_defaults(func=lambda a: users_command.cmd_audit(a, _open_store, _settings()))
+
+    p = sub.add_parser("admin", help="web page of the jobs (sign-in, roles, retry, audit), JSON API, Prometheus /metrics")
     p.add_argument("--host", default=None, help="address to bind (default ADMIN_HOST: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=None, help="TCP port (default ADMIN_PORT: 8080)")
     p.set_defaults(func=cmd_admin)
@@ -485,11 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         return _hand_over_to_training(argv)
     args = build_parser().parse_args(argv)
     from db.migrate import DatabaseNotReady
+    from worker import users_command
     from worker.settings import SettingsError
 
     try:
         return args.func(args)
-    except (UsageError, SettingsError, DatabaseNotReady) as exc:
+    except (UsageError, users_command.UsageError, SettingsError, DatabaseNotReady) as exc:
         print(f"lumbarnode {args.command}: {exc}", file=sys.stderr)
         return 2
 

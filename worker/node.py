@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from db import JobStore
+from db.access import AccessStore
 from db.migrate import ready
 from dicom_io.scp import StorageSCP
 from dicom_io.series import decodable_transfer_syntaxes
@@ -39,6 +40,7 @@ class Node:
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
         ready(settings.database_url, create=True)  # migrated on first use; another application's is refused
         self.store = JobStore(settings.database_url)
+        self.access = AccessStore(self.store)
         tasks.configure(settings)
         self.bookkeeper = Bookkeeper(self.store, settings, enqueue or tasks.enqueue_process, tasks.enqueue_export)
         self.assembler = SeriesAssembler(self.store, settings, self.bookkeeper.queue)
@@ -62,7 +64,11 @@ class Node:
         self._record("instance_refused", f"instance {sop_instance_uid}: {reason}")
 
     def _rejected(self, calling_ae: str, reason: str, peer_host: str) -> None:
-        self._record("association_rejected", reason[:300])
+        try:  # the audit trail: who was turned away; a database hiccup must not break the listener
+            self.access.audit("association_rejected", actor=calling_ae, actor_kind="dicom", outcome="denied",
+                              address=peer_host, detail=reason[:300])
+        except Exception:
+            log.warning("could not record the rejected association in the audit trail")
         if calling_ae and calling_ae not in self.settings.callers and self.settings.require_known_caller:
             log.warning("to accept %r, add %s=%s@%s:<its DICOM port> to %s (where its results go)", calling_ae,
                         calling_ae, calling_ae, peer_host, variable("allowed_callers"))

@@ -5,6 +5,7 @@ SEG, SR and key image, the job row read from the database. Once on the embedded 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
 from db import JobStore
+from db.access import AccessStore
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
 from dicom_io.scu import echo, send_files
 from pipeline.synthetic.phantom import PhantomParams
@@ -169,11 +171,22 @@ def test_a_non_lumbar_series_is_skipped_with_its_reason_and_nothing_is_sent(node
 
 
 def test_unknown_callers_are_rejected_at_association_time(node):
-    settings, _, _ = node
+    settings, _, store = node
     ae = AE(ae_title="INTRUDER")
     ae.add_requested_context(MRImageStorage)
     assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
     assert assoc.is_rejected
+    # ... and the audit trail says who was turned away, from where, and why (`lumbarnode audit`)
+    access = AccessStore(store)
+    row = wait_until(lambda: next(iter(access.audit_entries(action="association_rejected", actor="INTRUDER")), None),
+                     30, "the audit row of the rejected association")
+    assert (row.actor_kind, row.outcome, row.address) == ("dicom", "denied", "127.0.0.1")
+    assert "'INTRUDER' is not an allowed caller" in row.detail
+    env = {**os.environ, **settings.environment()}
+    shown = subprocess.run([sys.executable, "-m", "worker.cli", "audit", "--action", "association_rejected", "--json"],
+                           capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert [e["actor"] for e in json.loads(shown.stdout)] == ["INTRUDER"]
 
 
 def test_jobs_cli_lists_and_shows_the_jobs(node, study):

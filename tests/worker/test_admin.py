@@ -1,225 +1,35 @@
 """`lumbarnode admin` (worker/admin/) for real: a job database filled through JobStore
 (an SQLite file, and a fresh schema of the PostgreSQL that `make test` starts), the app
-served by uvicorn on a free loopback port, the pages driven by headless Chromium (the
-Debian package, through Playwright; no downloaded browser), the JSON API and /metrics read
-over plain HTTP. Screenshots go to test-artifacts/admin-list.png and admin-job.png (the
-PostgreSQL run adds "-postgresql" to the names)."""
+served by uvicorn on a free loopback port (tests/helpers/admin_site.py), the pages driven by
+headless Chromium (the Debian package, through Playwright; no downloaded browser) signed in
+as a viewer, the JSON API and /metrics read over plain HTTP with a viewer's API token.
+Screenshots go to test-artifacts/admin-list.png and admin-job.png (the PostgreSQL run adds
+"-postgresql" to the names). Who may do what: test_admin_access.py."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import cv2
 import httpx
-import numpy as np
 import pytest
 import uvicorn
-from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 from prometheus_client.parser import text_string_to_metric_families
 
-from db import STATUSES, JobStore, JobView
+from db import STATUSES, JobStore
 from dicom_io.codes import flag_meaning
-from tests.helpers.tools import free_port, postgres_schema, schema_url
+from tests.helpers.admin_site import DONE_FLAGS, DONE_TIMINGS, OVERLAY_SIZE, UID, Admin, screenshot
+from tests.helpers.tools import free_port
 from worker import admin as admin_module
 from worker import cli
-from worker.admin import create_app, quantile, run_admin
+from worker.admin import quantile, run_admin
 from worker.settings import Settings
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-UID = "1.2.826.0.1.3680043.8.498"  # test UIDs: <UID>.<n>.1 series in study <UID>.<n>
-OVERLAY_SIZE = (96, 128)  # rows, cols of the overlay written for the done job
-DONE_TIMINGS = {"quiet_period_s": 2.0, "queue_wait_s": 0.05, "load_s": 0.412, "model_load_s": 3.2,
-                "inference_s": 1.234, "measurement_s": 0.087, "build_s": 0.5, "export_s": 0.9}
-DONE_FLAGS = ["possible_transitional_vertebra:L5", "neighbour_slices_disagree"]
-
-
-@dataclass
-class Admin:
-    """A seeded job database and the admin app serving it."""
-
-    backend: str
-    base: str
-    app: FastAPI
-    store: JobStore
-    ids: dict[str, int]  # done, skipped, export_failed, failed, queued
-    overlay: Path  # the done job's overlay.png
-    secret: Path  # what the failed job's overlay.png links to
-
-    def get(self, route: str, **params: object) -> httpx.Response:
-        return httpx.get(self.base + route, params=params, timeout=30)
-
-
-# -- the database ---------------------------------------------------------------------
-
-
-def _claimed(store: JobStore, job: JobView) -> JobView:
-    """A new job queued and taken by a worker, as the node moves it (db/lifecycle.py)."""
-    store.set_status(job.id, "queued")
-    return store.claim_job(job.id)
-
-
-def _series(store: JobStore, n: int, accession: str, description: str, ae: str = "ORTHANC") -> int:
-    now = datetime.now(UTC)
-    return store.series_received(
-        study_instance_uid=f"{UID}.{n}", series_instance_uid=f"{UID}.{n}.1", modality="MR",
-        series_description=description, body_part_examined="LSPINE", accession_number=accession,
-        calling_ae=ae, instance_count=15, first_received_at=now - timedelta(seconds=5), last_received_at=now)
-
-
-def _instances(n: int) -> list[str]:
-    return [f"{UID}.{n}.1.{i}" for i in range(1, 16)]
-
-
-def seed(store: JobStore, root: Path) -> tuple[dict[str, int], Path, Path]:
-    """Five jobs, oldest first: done, skipped, export_failed, failed, queued."""
-    ids: dict[str, int] = {}
-    now = datetime.now(UTC)
-    destination = "ORTHANC@127.0.0.1:4242"
-
-    # done: measured, exported, with an overlay picture (and a SEG next to it)
-    job = _claimed(store, store.create_job(_series(store, 1, "ACC-1001", "T2 SAG LSPINE"), _instances(1),
-                                           destination=destination))
-    folder = root / f"job-{job.id}"
-    folder.mkdir(parents=True)
-    picture = np.full((*OVERLAY_SIZE, 3), 40, np.uint8)
-    cv2.line(picture, (10, 20), (110, 70), (0, 255, 255), 2)
-    overlay = folder / "overlay.png"
-    assert cv2.imwrite(str(overlay), picture)
-    (folder / "seg.dcm").write_bytes(b"SEG-BYTES-NOT-FOR-THE-BROWSER")
-    store.set_status(job.id, "exporting", lla_deg=47.3, lla_spread_deg=2.4, lla_class="normal", cnn_class="normal",
-                     flags=DONE_FLAGS,
-                     timings=DONE_TIMINGS, results_dir=str(folder), model_name="unet_4class",
-                     model_version="1.0.0", model_sha256="ab" * 32, seg_sop_instance_uid=f"{UID}.1.501.1",
-                     sr_sop_instance_uid=f"{UID}.1.502.1", key_sop_instance_uid=f"{UID}.1.503.1")
-    store.set_status(job.id, "done")
-    store.add_export(job.id, destination=destination, attempt=1, status="sent", dimse_status="0x0000 0x0000 0x0000",
-                     started_at=now, finished_at=now + timedelta(seconds=1))
-    store.add_event("queued", f"series {UID}.1.1 complete: 15 instances", job_id=job.id)
-    store.add_event("exported", f"SEG, SR and key image sent to {destination}", job_id=job.id)
-    ids["done"] = job.id
-
-    # skipped: an axial series
-    job = store.create_job(_series(store, 2, "ACC-1002", "T2 TRA"), _instances(2), status="skipped",
-                           reason="not_sagittal:axial")
-    ids["skipped"] = job.id
-
-    # export_failed: measured, but the PACS refused twice; no overlay file
-    job = _claimed(store, store.create_job(_series(store, 3, "ACC-1003", "T1 SAG LSPINE", ae="PACS2"), _instances(3),
-                                           destination="PACS@10.0.0.9:104"))
-    folder = root / f"job-{job.id}"
-    folder.mkdir()
-    store.set_status(job.id, "exporting", lla_deg=58.1, lla_class="hyperlordosis", cnn_class="hyperlordosis",
-                     timings={"inference_s": 9.0, "load_s": 0.3}, results_dir=str(folder))
-    for attempt in (1, 2):
-        store.add_export(job.id, destination="PACS@10.0.0.9:104", attempt=attempt, status="failed",
-                         error="association rejected by PACS@10.0.0.9:104", started_at=now, finished_at=now)
-    store.set_status(job.id, "export_failed", error="export failed after 2 attempts")
-    ids["export_failed"] = job.id
-
-    # failed: an error, and an overlay.png that is a link to a file elsewhere
-    job = _claimed(store, store.create_job(_series(store, 4, "ACC-1004", "T2 SAG LSPINE"), _instances(4)))
-    folder = root / f"job-{job.id}"
-    folder.mkdir()
-    secret = root.parent / "secret.png"
-    assert cv2.imwrite(str(secret), picture)
-    (folder / "overlay.png").symlink_to(secret)
-    store.set_status(job.id, "failed", error="RuntimeError: CUDA out of memory", results_dir=str(folder))
-    ids["failed"] = job.id
-
-    # queued: waiting for a worker
-    ids["queued"] = store.set_status(store.create_job(_series(store, 5, "ACC-1005", "T2 SAG LSPINE"),
-                                                      _instances(5)).id, "queued").id
-    return ids, overlay, secret
-
-
-# -- the server -----------------------------------------------------------------------
-
-
-def _serve(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:  # polling for the server to come up
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the admin server did not start")
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def admin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
-    tmp = tmp_path_factory.mktemp(f"admin-{request.param}")
-    with contextlib.ExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp / 'var' / 'lumbarnode.db'}"
-        else:
-            url = schema_url(stack.enter_context(postgres_schema("lumbarnode_admin")))
-        store = JobStore(url, create=True)
-        stack.callback(store.dispose)
-        ids, overlay, secret = seed(store, tmp / "var" / "results")
-        app = create_app(Settings(data_dir=tmp / "var", database_url=url))
-        server, thread, base = _serve(app)
-        try:
-            yield Admin(request.param, base, app, store, ids, overlay, secret)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=15)
-
-
-# -- the browser ----------------------------------------------------------------------
-
-
-def _chromium() -> str:
-    """The system Chromium (Debian package `chromium`); LUMBARNODE_TEST_CHROMIUM overrides."""
-    candidates = [os.environ.get("LUMBARNODE_TEST_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")]
-    for path in candidates:
-        if path and Path(path).is_file():
-            return path
-    pytest.fail("chromium is not installed: run `make test`, which installs the Debian package chromium")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=_chromium(), headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
-def _screenshot(page: Page, admin: Admin, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    suffix = "" if admin.backend == "sqlite" else f"-{admin.backend}"
-    path = ARTIFACTS / f"{name}{suffix}.png"
-    path.unlink(missing_ok=True)
-    page.screenshot(path=str(path), full_page=True)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _row_ids(page: Page) -> list[int]:
@@ -262,7 +72,7 @@ def test_the_list_shows_every_job_newest_first_with_status_and_lla(admin: Admin,
     assert page.locator("#counts a").first.inner_text().split() == ["all", "5"]
     disk = page.locator("#disk").inner_text()
     assert "MiB" in disk and "deleted 7.0 days after delivery" in disk and "never while undelivered" in disk
-    _screenshot(page, admin, "admin-list")
+    screenshot(page, "admin-list", admin.backend)
 
 
 def test_filtering_by_status_shows_only_those_jobs(admin: Admin, page: Page) -> None:
@@ -339,7 +149,7 @@ def test_the_job_page_shows_timings_flags_exports_events_and_the_overlay(admin: 
     image.scroll_into_view_if_needed()
     size = image.evaluate("img => img.complete && [img.naturalWidth, img.naturalHeight]")
     assert size == [OVERLAY_SIZE[1], OVERLAY_SIZE[0]]
-    _screenshot(page, admin, "admin-job")
+    screenshot(page, "admin-job", admin.backend)
 
 
 def test_a_failed_export_shows_every_attempt_and_no_overlay(admin: Admin, page: Page) -> None:
@@ -472,7 +282,7 @@ def test_the_overlay_route_serves_only_the_jobs_own_overlay(admin: Admin) -> Non
                  f"/jobs/{done}%2f..%2f..%2fsecret.png/overlay.png", "/jobs/../../secret.png"):
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=admin.auth("vera"))
             reply = conn.getresponse()
             body = reply.read()
         finally:
@@ -481,16 +291,14 @@ def test_the_overlay_route_serves_only_the_jobs_own_overlay(admin: Admin) -> Non
         assert b"SEG-BYTES" not in body and body != admin.secret.read_bytes()
 
 
-def test_the_app_is_read_only_and_healthy(admin: Admin) -> None:
-    assert admin.get("/healthz").text == "ok"
-    assert httpx.post(admin.base + "/", timeout=30).status_code == 405
-    assert httpx.delete(f"{admin.base}/api/jobs/{admin.ids['done']}", timeout=30).status_code == 405
-    methods = set()
-    for route in admin.app.routes:
-        methods |= set(getattr(route, "methods", None) or ())
-    assert methods <= {"GET", "HEAD"}, methods
+def test_health_and_the_security_headers(admin: Admin) -> None:
+    assert httpx.get(admin.base + "/healthz", timeout=30).text == "ok"  # no login: monitoring
+    assert httpx.post(admin.base + "/", headers=admin.auth("ada"), timeout=30).status_code == 405
+    assert httpx.delete(f"{admin.base}/api/jobs/{admin.ids['done']}", headers=admin.auth("ada"),
+                        timeout=30).status_code == 405
     page = admin.get("/")
     assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "strict-transport-security" not in page.headers  # plain HTTP here (see test_admin_access: HTTPS)
 
 
 # -- binding --------------------------------------------------------------------------
@@ -504,6 +312,7 @@ def test_the_admin_server_binds_loopback_by_default(monkeypatch: pytest.MonkeyPa
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
     settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'lumbarnode.db'}")
+    JobStore(settings.database_url, create=True).dispose()  # `admin` shows the node's database, never makes one
     assert run_admin(settings) == 0
     assert run_admin(settings, host="0.0.0.0", port=9000) == 0
     assert run_admin(configured.with_(data_dir=tmp_path, database_url=settings.database_url)) == 0
@@ -513,7 +322,6 @@ def test_the_admin_server_binds_loopback_by_default(monkeypatch: pytest.MonkeyPa
     seen: list[tuple[str | None, int | None]] = []
     monkeypatch.setattr(admin_module, "run_admin", lambda s, host=None, port=None: seen.append((host, port)) or 0)
     monkeypatch.setenv("LUMBARNODE_DATABASE_URL", settings.database_url)
-    JobStore(settings.database_url, create=True).dispose()  # `admin` shows the node's database, never makes one
     assert cli.main(["admin"]) == 0
     assert cli.main(["admin", "--host", "::1", "--port", "8181"]) == 0
     assert seen == [(None, None), ("::1", 8181)]

@@ -53,7 +53,9 @@ _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on our own forms,
+    # and the CSRF check needs their true origin; nothing leaves for other sites either way.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -112,6 +114,7 @@ NOTICES = {"retry": "Retry requested: the job's events below say what was done."
 def _bookkeeper(store: JobStore, settings: Settings) -> Bookkeeper:
     from worker import tasks  # the Celery app: only when an operator retries
 
+    tasks.configure(settings)
     return Bookkeeper(store, settings, tasks.enqueue_process, tasks.enqueue_export)
 
 
