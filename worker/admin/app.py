@@ -138,7 +138,7 @@ def create_app(settings: Settings, bookkeeper: Bookkeeper | None = None) -> Fast
         store.dispose()
 
     # No interactive docs: they load scripts from a CDN (and the CSP forbids scripts).
-    app = FastAPI(title="lumbarnode admin", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="lumbarnode admin", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store = store
     app.state.access = access
     app.state.settings = settings

@@ -159,6 +159,8 @@ class Guard:
             return None
         credential, user = found
         now = utcnow()
+        if kind == "session" and now >= credential.created_at + self.max_age:
+            return None  # ADMIN_SESSION_MAX_H after its login, however busy it was
         if (now - credential.last_used_at).total_seconds() >= TOUCH_EVERY_S:
             expires = min(credential.created_at + self.max_age, now + self.idle) if kind == "session" else None
             self.access.touch_credential(credential.id, expires_at=expires)
