@@ -178,6 +178,8 @@ def how_to_look(job, settings: Settings, out: Path) -> None:
     print(f"  files:       {job.results_dir}/ (seg.dcm, sr.dcm, key.dcm, overlay.png, result.json); "
           f"as the PACS received them: {out / 'pacs'}")
     print(f"  the job:     {env} .venv/bin/lumbarnode jobs show {job.id}")
-    print(f"  admin page:  {env} .venv/bin/lumbarnode admin, then http://127.0.0.1:{settings.admin_port}/jobs/{job.id}")
+    print(f"  admin page:  {env} .venv/bin/lumbarnode users add me --role admin (once), then")
+    print(f"               {env} .venv/bin/lumbarnode admin, and sign in at "
+          f"http://127.0.0.1:{settings.admin_port}/jobs/{job.id}")
     print("  a viewer:    open the SEG and SR with the study in OHIF, 3D Slicer or your PACS viewer "
           "(README: Viewing the results)")

@@ -458,7 +458,9 @@ def secret_problems(raw_document: dict) -> list[str]:
     problems = []
     for path, value in strings(raw_document):
         key = path[-1] if path else ""
-        if re.search(r"PASSWORD|SECRET|TOKEN|REDISCLI_AUTH", key) and not _REQUIRED_VAR.fullmatch(value):
+        secret_file = key.endswith("_FILE") and value.startswith("/run/secrets/")  # a Compose secret's file
+        if re.search(r"PASSWORD|SECRET|TOKEN|REDISCLI_AUTH", key) and not _REQUIRED_VAR.fullmatch(value) \
+                and not secret_file:
             problems.append(f"{'/'.join(path)}: {value!r} is not a required variable")
         for password in _URL_PASSWORD.findall(value):
             if not _REQUIRED_VAR.fullmatch(password):
@@ -489,6 +491,24 @@ def test_compose_refuses_to_start_without_each_secret():
             load(MAIN, env)
     example = read_env_file(COMPOSE / ".env.example")
     assert all(example[name] == "" for name in SECRETS), ".env.example must not carry a password"
+
+
+def test_the_admin_page_signs_in_with_the_first_admin_from_a_compose_secret():
+    """Authentication is on by default (it cannot be off): the first admin's password reaches the
+    admin service as a secret file from compose/.env's ADMIN_PASSWORD, which .env.example leaves
+    empty; so does the single sign-on client secret."""
+    document = raw(MAIN)
+    admin = load(MAIN)["services"]["admin"]
+    env = admin["environment"]
+    assert env["LUMBARNODE_ADMIN_INITIAL_PASSWORD_FILE"] == "/run/secrets/admin_password"
+    assert env["LUMBARNODE_OIDC_CLIENT_SECRET_FILE"] == "/run/secrets/oidc_client_secret"
+    assert env["LUMBARNODE_DATABASE_URL"].startswith("postgresql+psycopg://")  # the node's settings, merged in
+    assert env["LUMBARNODE_BROKER_URL"].startswith("redis://")  # an operator's retry reaches the workers
+    assert set(document["services"]["admin"]["secrets"]) == {"admin_password", "oidc_client_secret"}
+    assert document["secrets"] == {"admin_password": {"environment": "ADMIN_PASSWORD"},
+                                   "oidc_client_secret": {"environment": "OIDC_CLIENT_SECRET"}}
+    example = read_env_file(COMPOSE / ".env.example")
+    assert example["ADMIN_PASSWORD"] == "" and example["OIDC_CLIENT_SECRET"] == ""
 
 
 def test_orthanc_knows_the_node_and_the_node_returns_results_to_orthanc():

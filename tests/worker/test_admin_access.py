@@ -492,3 +492,18 @@ def test_an_unreachable_identity_provider_is_a_clear_refusal(admin: Admin, tmp_p
         assert reply.status_code == 303 and reply.headers["location"] == "/login?error=oidc"
         assert "did not succeed" in client.get("/login?error=oidc").text
     assert "provider unreachable" in admin.access.audit_entries(action="login", outcome="failed")[0].detail
+
+
+def test_an_empty_first_admin_password_stops_the_command_with_one_line(tmp_path: Path) -> None:
+    """compose/.env without ADMIN_PASSWORD hands over an empty secret file: said, not started."""
+    url = f"sqlite:///{tmp_path / 'lumbarnode.db'}"
+    JobStore(url, create=True).dispose()
+    secret = tmp_path / "admin_password"
+    secret.write_text("\n")
+    env = {**os.environ, "LUMBARNODE_DATA_DIR": str(tmp_path), "LUMBARNODE_DATABASE_URL": url,
+           "LUMBARNODE_ADMIN_INITIAL_USER": "admin", "LUMBARNODE_ADMIN_INITIAL_PASSWORD_FILE": str(secret)}
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "admin", "--port", str(free_port())], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "LUMBARNODE_ADMIN_INITIAL_USER: a password needs at least 12 characters" in done.stderr
+    assert AccessStore(JobStore(url)).count_users() == 0
