@@ -19,21 +19,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from db.access import OUTCOMES
 from db.store import utcnow
 from worker.admin import users
-from worker.admin.auth import CSRF_FIELD, LoginRefused, Permission, Principal, client_address
-from worker.admin.web import Web
+from worker.admin.auth import CSRF_FIELD, LoginRefused, Permission, Principal, client_address, safe_next
+from worker.admin.web import Web, parse_since
 
 AUDIT_PAGE_LIMIT = 500
 DONE = {"added": "User added.", "role": "Role changed.", "disable": "User disabled; their sessions and tokens ended.",
         "enable": "User enabled.", "password": "Password set; their browser sessions ended.",
         "signout": "Their sessions and tokens ended."}
-
-
-def safe_next(target: str | None) -> str:
-    """Only a path on this site: never another host (an open redirect would make our login
-    page a phishing tool)."""
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
-        return "/"
-    return target
 
 
 def add_routes(app: FastAPI, web: Web) -> None:
@@ -133,8 +125,6 @@ def add_routes(app: FastAPI, web: Web) -> None:
 
     def entries(actor: str | None, action: str | None, job: int | None, outcome: str | None, since: str | None,
                 limit: int) -> list[Any]:
-        from worker.admin.app import parse_since
-
         if outcome and outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
         return access.audit_entries(limit=limit, since=parse_since(since), actor=(actor or "").strip() or None,

@@ -19,10 +19,8 @@ DICOM files.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -37,7 +35,7 @@ from db.lifecycle import Status
 from worker.admin import accounts
 from worker.admin.auth import Forbidden, Guard, LoginRequired, Permission, Principal
 from worker.admin.metrics import STAGES, JobMetrics
-from worker.admin.web import Web
+from worker.admin.web import Web, parse_since
 from worker.bookkeeper import Bookkeeper, NothingToRetry
 from worker.retention import disk_usage
 from worker.settings import Settings
@@ -46,8 +44,6 @@ log = logging.getLogger(__name__)
 
 OVERLAY = "overlay.png"
 LIST_LIMIT = 100  # rows of the HTML list
-_DURATION = re.compile(r"(\d{1,6})([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECURITY_HEADERS = {
     # Server-rendered pages with inline CSS, images from here only, no scripts at all.
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
@@ -61,22 +57,6 @@ _SECURITY_HEADERS = {
 
 
 # -- helpers shared by the pages, the API and the metrics ------------------------------
-
-
-def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
-    """'' or 'all' -> None; '30m', '24h', '7d' -> that long before now; else an ISO date or
-    date-time (UTC unless it says otherwise). ValueError for anything else."""
-    text = (text or "").strip()
-    if text in ("", "all"):
-        return None
-    match = _DURATION.fullmatch(text)
-    if match:
-        return (now or datetime.now(UTC)) - timedelta(seconds=int(match[1]) * _UNIT_S[match[2]])
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"since={text!r}: expected all, a duration (30m, 24h, 7d) or an ISO date") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _status(text: str | None) -> str | None:

@@ -281,6 +281,14 @@ class Guard:
                           address=client_address(request), detail=detail)
 
 
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: never another host (an open redirect would make our login
+    page a phishing tool)."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return "/"
+    return target
+
+
 def _own_origin(request: Request) -> str:
     return f"{request.url.scheme}://{request.url.netloc}"
 

@@ -27,7 +27,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.middleware.sessions import SessionMiddleware
 
 from db.access import Role
-from worker.admin.auth import client_address
+from worker.admin.auth import client_address, safe_next
 from worker.admin.web import Web
 from worker.settings import Settings
 
@@ -65,8 +65,6 @@ def add_routes(app: FastAPI, web: Web) -> None:
 
     @app.get("/login/oidc")
     async def oidc_start(request: Request, next: str = "/") -> Response:
-        from worker.admin.accounts import safe_next
-
         request.session["next"] = safe_next(next)
         try:
             return await oauth.idp.authorize_redirect(request, str(request.url_for("oidc_callback")))

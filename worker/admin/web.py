@@ -3,7 +3,8 @@ signed-in user, what their role allows, the CSRF token its forms echo)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,25 @@ from worker.settings import Settings
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SINCE_CHOICES = (("all", "any time"), ("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days"),
                  ("30d", "last 30 days"))
+_DURATION = re.compile(r"(\d{1,6})([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 ERROR_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Nothing to do", 429: "Too many attempts"}
+
+
+def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
+    """'' or 'all' -> None; '30m', '24h', '7d' -> that long before now; else an ISO date or
+    date-time (UTC unless it says otherwise). ValueError for anything else."""
+    text = (text or "").strip()
+    if text in ("", "all"):
+        return None
+    match = _DURATION.fullmatch(text)
+    if match:
+        return (now or datetime.now(UTC)) - timedelta(seconds=int(match[1]) * _UNIT_S[match[2]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"since={text!r}: expected all, a duration (30m, 24h, 7d) or an ISO date") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _utc(value: datetime | None) -> str:
