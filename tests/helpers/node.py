@@ -41,7 +41,9 @@ def start_serve(settings: Settings, log: Path, command: str = "serve") -> subpro
 def stop_group(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+        # longer than the node's own bound on its workers' warm shutdown (stop_workers, 120 s),
+        # so that a worker still finishing a job under load is the node's to end, not a timeout here
+        process.wait(timeout=180)
     try:
         os.killpg(process.pid, signal.SIGKILL)  # anything left of the group
     except ProcessLookupError:
