@@ -131,6 +131,9 @@ class Export(Base):
     attempt: Mapped[int]
     status: Mapped[str] = mapped_column(sa.String(16))  # "sent" or "failed"
     dimse_status: Mapped[str | None] = mapped_column(sa.String(128))  # e.g. "0x0000 0x0000 0x0000"
+    http_status: Mapped[int | None]  # STOW-RS: the HTTP status of the store response
+    # STOW-RS: the instances the destination refused, [{"sop_instance_uid", "reason"}] (Failed SOP Sequence)
+    failed_sops: Mapped[list[dict[str, str]] | None] = mapped_column(sa.JSON)
     error: Mapped[str | None] = mapped_column(sa.Text)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]

@@ -119,6 +119,8 @@ class ExportView(_View):
     error: str | None
     started_at: datetime
     finished_at: datetime
+    http_status: int | None = None
+    failed_sops: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ def _export_view(row: Export) -> ExportView:
         error=row.error,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        http_status=row.http_status,
+        failed_sops=tuple(row.failed_sops or ()),
     )
 
 
@@ -604,8 +608,11 @@ class JobStore:
         error: str | None = None,
         started_at: datetime,
         finished_at: datetime,
+        http_status: int | None = None,
+        failed_sops: Sequence[Mapping[str, str]] | None = None,
     ) -> None:
-        """Record one attempt to send the job's results to `destination`."""
+        """Record one attempt to send the job's results to `destination` (DIMSE statuses for
+        C-STORE; the HTTP status and the refused instances for STOW-RS)."""
         if status not in EXPORT_STATUSES:
             raise ValueError(f"export status must be one of {', '.join(EXPORT_STATUSES)}, not {status!r}")
         _aware("started_at", started_at)
@@ -623,6 +630,8 @@ class JobStore:
                     error=error,
                     started_at=started_at,
                     finished_at=finished_at,
+                    http_status=http_status,
+                    failed_sops=[dict(item) for item in failed_sops] if failed_sops else None,
                 )
             )
 

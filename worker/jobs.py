@@ -28,8 +28,9 @@ from dicom_io.errors import SeriesRefused
 from dicom_io.reasons import Reason, parse
 from dicom_io.scu import SendError, send_files
 from dicom_io.series import load_series
+from dicom_io.stow import StowError, stow
 from worker.assembly import INTAKE_FLAGS, instance_files
-from worker.settings import Destination, Settings
+from worker.settings import Destination, Settings, WebDestination, parse_destination
 
 if TYPE_CHECKING:
     from worker.method import SeriesResult  # imports TensorFlow: inference workers only
@@ -171,21 +172,16 @@ def export_job(settings: Settings, store: JobStore, job_id: int, last_attempt: b
         store.add_event("export_failed", error, job_id=job_id)
         return Status.EXPORT_FAILED
     files = [Path(job.results_dir) / name for name in RESULT_FILES if (Path(job.results_dir) / name).is_file()]
-    destination = Destination.parse(job.destination)
+    destination = parse_destination(job.destination)
     attempt = len(store.exports(job_id)) + 1
     started, clock = datetime.now(UTC), time.perf_counter()
-    try:
-        result = send_files(files, destination.ae_title, destination.host, destination.port,
-                            calling_ae=settings.ae_title, tls=settings.export_tls_context(),
-                            server_hostname=destination.host)
-        error = None if result.ok else f"the destination refused some objects (statuses {result.statuses})"
-        statuses = result.statuses
-    except SendError as exc:
-        error, statuses = str(exc), None
-    except (OSError, ValueError) as exc:  # ValueError: unreadable TLS files (a recorded, retried failure)
-        error, statuses = f"{type(exc).__name__}: {exc}", None
+    if isinstance(destination, WebDestination):
+        error, statuses, http_status, failed = _stow(settings, files, destination)
+    else:
+        error, statuses, http_status, failed = _c_store(settings, files, destination)
     store.add_export(job_id, destination=job.destination, attempt=attempt, status="failed" if error else "sent",
-                     dimse_status=statuses, error=error, started_at=started, finished_at=datetime.now(UTC))
+                     dimse_status=statuses, error=error, started_at=started, finished_at=datetime.now(UTC),
+                     http_status=http_status, failed_sops=failed)
     if error is None:
         store.set_status(job_id, Status.DONE, error=None, timings={"export_s": time.perf_counter() - clock})
         store.add_event("exported", f"{len(files)} objects to {job.destination} ({statuses})", job_id=job_id)
@@ -197,3 +193,37 @@ def export_job(settings: Settings, store: JobStore, job_id: int, last_attempt: b
         return Status.EXPORT_FAILED
     store.update_job(job_id, error=error)  # news for the bookkeeper: this export is alive and retrying
     raise ExportFailed(error)
+
+
+Attempt = tuple[str | None, str | None, int | None, list[dict[str, str]] | None]  # error, DIMSE, HTTP, refused
+
+
+def _c_store(settings: Settings, files: list[Path], destination: Destination) -> Attempt:
+    try:
+        result = send_files(files, destination.ae_title, destination.host, destination.port,
+                            calling_ae=settings.ae_title, tls=settings.export_tls_context(),
+                            server_hostname=destination.host)
+    except SendError as exc:
+        return str(exc), None, None, None
+    except (OSError, ValueError) as exc:  # ValueError: unreadable TLS files (a recorded, retried failure)
+        return f"{type(exc).__name__}: {exc}", None, None, None
+    error = None if result.ok else f"the destination refused some objects (statuses {result.statuses})"
+    return error, result.statuses, None, None
+
+
+def _stow(settings: Settings, files: list[Path], destination: WebDestination) -> Attempt:
+    try:
+        auth, verify = settings.dicomweb_auth_and_verify()
+        result = stow(files, destination.url, auth, verify)
+    except StowError as exc:
+        return str(exc), None, exc.http_status, _refused(exc.failed)
+    except OSError as exc:  # an unreadable secret file: recorded and retried like any failure
+        return f"{type(exc).__name__}: {exc}", None, None, None
+    if result.failed:
+        return (f"the destination refused {len(result.failed)} of {len(files)} objects (HTTP {result.http_status})",
+                None, result.http_status, _refused(result.failed))
+    return None, None, result.http_status, None
+
+
+def _refused(failed: tuple[tuple[str, str], ...]) -> list[dict[str, str]] | None:
+    return [{"sop_instance_uid": uid, "reason": reason} for uid, reason in failed] or None

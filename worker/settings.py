@@ -23,8 +23,12 @@ import sys
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicom_io import tls, uids
+
+if TYPE_CHECKING:
+    from dicom_io.stow import WebAuth
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 _PREFIX = "LUMBARNODE_"
@@ -36,6 +40,7 @@ OTHER_VARIABLES = frozenset({
     "FUZZ_CASES",
 })
 INCOMPLETE_SERIES_CHOICES = ("skip", "measure")
+DICOMWEB_AUTH_CHOICES = ("none", "basic", "bearer")  # dicom_io.stow.AUTH_KINDS
 ADMIN_ROLES = ("viewer", "operator", "admin")  # db.access.Role (settings import nothing from db)
 
 
@@ -74,14 +79,41 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-def parse_callers(text: str) -> dict[str, Destination | None]:
-    """"CALLING_AE=RETURN_AE@host:port,OTHER_AE" -> {calling AE: its return address or None}."""
-    callers: dict[str, Destination | None] = {}
+@dataclass(frozen=True)
+class WebDestination:
+    """A DICOMweb service to send to by STOW-RS: its root URL (http:// or https://)."""
+
+    url: str
+
+    @classmethod
+    def parse(cls, text: str) -> WebDestination:
+        url = text.strip()
+        match = re.fullmatch(r"(https?)://([^/@\s]+@)?[^/\s]+(/\S*)?", url)
+        if not match:
+            raise SettingsError(f"{text!r}: expected a DICOMweb URL, e.g. https://pacs.example.org/dicom-web")
+        if match.group(2):
+            raise SettingsError(f"{text!r}: no credentials in the URL (it is shown in logs and on the admin page); "
+                                f"set {variable('dicomweb_auth')} and {variable('dicomweb_secret_file')}")
+        return cls(url.rstrip("/"))
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_destination(text: str) -> Destination | WebDestination:
+    """"AE@host:port" (DICOM, C-STORE) or "https://host/dicom-web" (DICOMweb, STOW-RS)."""
+    return WebDestination.parse(text) if re.match(r"\s*https?://", text) else Destination.parse(text)
+
+
+def parse_callers(text: str) -> dict[str, Destination | WebDestination | None]:
+    """"CALLING_AE=RETURN_AE@host:port,OTHER_AE=https://pacs/dicom-web,THIRD_AE" -> {calling AE:
+    its return address or None}."""
+    callers: dict[str, Destination | WebDestination | None] = {}
     for entry in filter(None, (part.strip() for part in text.split(","))):
         ae, _, address = entry.partition("=")
         if not ae.strip() or len(ae.strip()) > 16:
             raise SettingsError(f"allowed caller {entry!r}: the calling AE title must be 1 to 16 characters")
-        callers[ae.strip()] = Destination.parse(address) if address.strip() else None
+        callers[ae.strip()] = parse_destination(address) if address.strip() else None
     return callers
 
 
@@ -146,6 +178,12 @@ class Settings:
     tls_key: Path | None = None  # its private key, unencrypted
     tls_ca: Path | None = None  # trusted CA: callers must present a certificate it issued; verifies the PACS
     export_tls: bool = False  # export over TLS (verifying the destination against tls_ca, presenting tls_cert)
+    # DICOMweb destinations (a return address or DESTINATION that is an http(s):// URL): STOW-RS
+    dicomweb_auth: str = "none"  # none, basic or bearer
+    dicomweb_username: str = ""  # basic
+    dicomweb_secret_file: Path | None = None  # the password (basic) or the token (bearer), in a file
+    dicomweb_ca: Path | None = None  # PEM CA(s) an https:// destination is verified against; default the system's
+    dicomweb_verify_tls: bool = True  # false: no certificate check (a test bench only)
     # where things live
     data_dir: Path | None = None  # default: default_data_dir(); relative: from the working directory
     spool_dir: Path | None = None  # default data_dir/spool
@@ -161,7 +199,7 @@ class Settings:
         object.__setattr__(self, "database_url", self.database_url or f"sqlite:///{data / 'lumbarnode.db'}")
         object.__setattr__(self, "broker_url", self.broker_url or f"sqla+sqlite:///{data / 'broker.db'}")
         for name in ("tls_cert", "tls_key", "tls_ca", "admin_tls_cert", "admin_tls_key", "admin_initial_password_file",
-                     "oidc_client_secret_file"):
+                     "oidc_client_secret_file", "dicomweb_secret_file", "dicomweb_ca"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
         self._check()
@@ -179,7 +217,7 @@ class Settings:
                                 "CALLING_AE=RETURN_AE@host:port,OTHER_AE=...") from None
         if self.destination:
             try:
-                Destination.parse(self.destination)
+                parse_destination(self.destination)
             except SettingsError as exc:
                 raise SettingsError(f"{variable('destination')}: {exc}") from None
         for name in ("port", "admin_port"):
@@ -228,6 +266,14 @@ class Settings:
                 raise SettingsError(f"{variable('oidc_issuer')} needs {variable('oidc_client_id')} and "
                                     f"{variable('oidc_client_secret_file')} (a file with the client secret)")
             self.oidc_roles()
+        if self.dicomweb_auth not in DICOMWEB_AUTH_CHOICES:
+            raise bad("dicomweb_auth", f"expected one of {', '.join(DICOMWEB_AUTH_CHOICES)}")
+        if self.dicomweb_auth != "none" and self.dicomweb_secret_file is None:
+            raise SettingsError(f"{variable('dicomweb_auth')}={self.dicomweb_auth} needs "
+                                f"{variable('dicomweb_secret_file')}, a file with the "
+                                f"{'password' if self.dicomweb_auth == 'basic' else 'token'}")
+        if self.dicomweb_auth == "basic" and not self.dicomweb_username:
+            raise SettingsError(f"{variable('dicomweb_auth')}=basic needs {variable('dicomweb_username')}")
         if self.export_tls and self.tls_ca is None:
             raise SettingsError(f"{variable('export_tls')} needs {variable('tls_ca')}, the CA that the "
                                 "destination's certificate is verified against")
@@ -257,6 +303,15 @@ class Settings:
         if self.tls_cert is None or self.tls_key is None:
             return None
         return tls.server_context(self.tls_cert, self.tls_key, self.tls_ca)
+
+    def dicomweb_auth_and_verify(self) -> tuple[WebAuth, bool | str]:
+        """The STOW-RS credentials (read from their file at each export: a rotated secret is
+        used at once) and what https:// destinations are verified against."""
+        from dicom_io.stow import WebAuth
+
+        secret = self.dicomweb_secret_file.read_text().strip() if self.dicomweb_secret_file else ""
+        verify: bool | str = str(self.dicomweb_ca) if self.dicomweb_ca else True
+        return WebAuth(self.dicomweb_auth, self.dicomweb_username, secret), verify if self.dicomweb_verify_tls else False
 
     def export_tls_context(self) -> ssl.SSLContext | None:
         """The exports' TLS context; None: plain TCP."""
@@ -294,13 +349,13 @@ class Settings:
         return self.admin_tls_cert is not None or self.admin_secure_cookies
 
     @property
-    def callers(self) -> dict[str, Destination | None]:
+    def callers(self) -> dict[str, Destination | WebDestination | None]:
         return parse_callers(self.allowed_callers)
 
-    def return_address(self, calling_ae: str) -> Destination | None:
+    def return_address(self, calling_ae: str) -> Destination | WebDestination | None:
         """Where the results of a study from `calling_ae` go."""
         if self.destination:
-            return Destination.parse(self.destination)
+            return parse_destination(self.destination)
         return self.callers.get(calling_ae)
 
     def with_(self, **changes) -> Settings:

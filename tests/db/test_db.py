@@ -123,15 +123,15 @@ def schema_differences(database: Database, metadata: sa.MetaData = Base.metadata
 def test_upgrade_is_idempotent_and_the_schema_equals_the_models(database: Database) -> None:
     assert current_revision(database.url, engine_options=database.engine_options) is None
     upgrade(database.url, engine_options=database.engine_options)
-    assert head_revision() == "0005"
-    assert current_revision(database.url, engine_options=database.engine_options) == "0005"
+    assert head_revision() == "0006"
+    assert current_revision(database.url, engine_options=database.engine_options) == "0006"
     assert schema_differences(database) == []
 
     store = database.store(create=False)
     job = store.create_job(add_series(store), uids(2))
     upgrade(database.url, engine_options=database.engine_options)  # again: nothing happens
     store.upgrade()
-    assert current_revision(database.url, engine_options=database.engine_options) == "0005"
+    assert current_revision(database.url, engine_options=database.engine_options) == "0006"
     assert store.get_job(job.id) == job
     store.dispose()
 
@@ -164,8 +164,8 @@ def test_migrate_command_works_from_any_directory(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "Warning" not in result.stderr, result.stderr
-    assert result.stdout.strip() == "0005"
-    assert current_revision(url) == "0005"
+    assert result.stdout.strip() == "0006"
+    assert current_revision(url) == "0006"
 
 
 def test_sqlite_connections_get_the_pragmas_and_the_folder_is_created(tmp_path: Path) -> None:
@@ -517,7 +517,7 @@ def test_a_database_of_the_first_schema_upgrades_keeping_its_jobs(tmp_path: Path
         assert conn.execute(sa.text("SELECT lla_deg FROM jobs")).scalars().all() == [47.5]
     engine.dispose()
     upgrade(url)
-    assert current_revision(url) == head_revision() == "0005"
+    assert current_revision(url) == head_revision() == "0006"
     store = JobStore(url, create=False)
     try:
         kept = store.get_job(job.id)

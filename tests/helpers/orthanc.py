@@ -5,6 +5,7 @@ from the node) and tests/viewer (OHIF reading DICOMweb)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import urllib.error
@@ -19,9 +20,10 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 class Orthanc:
     def __init__(self, root: Path, name: str = "lumbarnode-test-pacs", modalities: dict | None = None,
-                 dicom: bool = True):
+                 dicom: bool = True, users: dict[str, str] | None = None):
         """`modalities`: the DICOM peers it may send to ({"name": [AE, host, port]}); `dicom`: its
-        own DICOM server (AE ORTHANC) on, or REST and DICOMweb only."""
+        own DICOM server (AE ORTHANC) on, or REST and DICOMweb only; `users`: HTTP basic
+        authentication on, with these users and passwords (the helper signs in as the first)."""
         if not DICOMWEB_PLUGIN.is_file():
             raise FileNotFoundError(f"{DICOMWEB_PLUGIN} is missing: install Debian's orthanc-dicomweb (`make test` does)")
         root.mkdir(parents=True, exist_ok=True)
@@ -37,7 +39,8 @@ class Orthanc:
             "DicomAet": "ORTHANC",
             "DicomModalities": modalities or {},
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
             "HttpCompressionEnabled": False,  # loopback: gzip only costs CPU
             "HttpThreadsCount": 20,
             "Plugins": [str(DICOMWEB_PLUGIN)],
@@ -47,7 +50,15 @@ class Orthanc:
         self.config_path = root / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.log_path = root / "orthanc.log"
-        self._log = open(self.log_path, "w")
+        self._auth = None
+        if users:
+            user, password = next(iter(users.items()))
+            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.start()
+
+    def start(self) -> None:
+        """Start it (again, after `stop`: the same ports, storage and configuration)."""
+        self._log = open(self.log_path, "a")
         self.process = subprocess.Popen([require_tool("Orthanc"), str(self.config_path)], env=DCMTK_ENV,
                                         stdout=self._log, stderr=subprocess.STDOUT)
         wait_until(self._ready, 60, "Orthanc to answer over REST", self.process)
@@ -69,6 +80,8 @@ class Orthanc:
         elif isinstance(body, str):
             body = body.encode()
         headers = {"Content-Type": content_type} if content_type else {}
+        if self._auth:
+            headers["Authorization"] = self._auth
         req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=120) as response:
             payload = response.read()
