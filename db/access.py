@@ -26,11 +26,13 @@ from db.store import JobStore, _View, utcnow
 
 class Role(StrEnum):
     """Least to most: a viewer sees jobs, an operator also retries and resends them, an admin
-    also manages users and reads the audit trail."""
+    also manages users and reads the audit trail. Apart: a sender (a PACS or modality with an
+    API token) may only send studies by STOW-RS."""
 
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
+    SENDER = "sender"
 
 
 ROLES = tuple(Role)

@@ -166,6 +166,68 @@ def _make_folders_durably(folder: Path) -> None:
         fsync_folder(created.parent)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """An instance not stored: its status (DIMSE, and STOW-RS's Failure Reason), a reason
+    code for the node's record, and a sentence for the sender."""
+
+    status: int
+    reason: str
+    comment: str
+
+
+def header_uids(ds: Dataset) -> tuple:
+    """Study, series and instance UIDs; pydicom parses lazily, so nothing else is decoded."""
+    return ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """An instance in the spool (or already there: a duplicate)."""
+
+    path: Path
+    duplicate: bool
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+
+
+def store_instance(spool: Path, min_free_bytes: int, sop_class: str, uids: Callable[[], tuple],
+                   encoded: Callable[[], bytes], sender: str, expected_sop_uid: str | None = None) -> Spooled | Refusal:
+    """What C-STORE and STOW-RS share, in order: the SOP class taken; the study, series and
+    instance UIDs (`uids()`, read lazily) valid and safe as a path, and the instance's the one
+    announced; room on the spool's disk; the instance written atomically (a duplicate is kept
+    as it is). Returns where it is, or the Refusal."""
+    if sop_class not in STORED_CLASSES:
+        log.info("refused SOP class %s (instance %s) from %s", sop_class, expected_sop_uid or "?", sender)
+        return Refusal(SOP_CLASS_NOT_SUPPORTED, f"sop_class_not_supported:{sop_class}",
+                       f"SOP class {sop_class} is not stored by this node")
+    try:
+        study_uid, series_uid, sop_uid = (None if v is None else str(v) for v in uids())
+    except Exception as exc:  # a dataset pydicom cannot even walk
+        log.warning("instance %s from %s could not be parsed: %s", expected_sop_uid or "?", sender, type(exc).__name__)
+        return Refusal(CANNOT_UNDERSTAND, "unparseable_dataset", f"dataset could not be parsed ({type(exc).__name__})")
+    bad = [name for name, v in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                                ("SOPInstanceUID", sop_uid)) if not is_uid(v)]
+    if bad:
+        return Refusal(CANNOT_UNDERSTAND, "invalid_uids", f"missing or invalid {', '.join(bad)}")
+    if expected_sop_uid is not None and sop_uid != expected_sop_uid:
+        return Refusal(CANNOT_UNDERSTAND, "sop_instance_uid_mismatch", "SOPInstanceUID differs from the C-STORE request's")
+    path = spool_path(spool, study_uid, series_uid, sop_uid)
+    duplicate = _touch(path)
+    if not duplicate and min_free_bytes and shutil.disk_usage(spool).free < min_free_bytes:
+        log.error("spool nearly full: refusing instance %s (watermark %d MiB)", sop_uid, min_free_bytes >> 20)
+        return Refusal(OUT_OF_RESOURCES, "spool_nearly_full", "the node's spool is nearly full; send again later")
+    if not duplicate:
+        try:
+            write_atomically(path, encoded())
+        except OSError as exc:
+            log.error("could not write instance %s to the spool: %s", sop_uid, exc.strerror)
+            return Refusal(OUT_OF_RESOURCES, "spool_write_failed",
+                           f"the node could not store the instance ({exc.strerror})")
+    return Spooled(path, duplicate, study_uid, series_uid, sop_uid)
+
+
 class StorageSCP:
     """The node's DICOM listener. Callbacks are called from pynetdicom's threads."""
 
@@ -237,42 +299,15 @@ class StorageSCP:
         if self.allowed_callers is not None and calling_ae not in self.allowed_callers:
             self._on_refused(affected_uid, "caller_not_allowed")
             return _status(NOT_AUTHORIZED, f"calling AE title {calling_ae!r} is not an allowed caller")
-        if sop_class not in STORED_CLASSES:
-            log.info("refused SOP class %s (instance %s) from %s", sop_class, affected_uid, calling_ae)
-            self._on_refused(affected_uid, f"sop_class_not_supported:{sop_class}")
-            return _status(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not stored by this node")
-        try:
-            ds = event.dataset  # parsed lazily: only the elements read below are decoded
-            study_uid, series_uid = ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID")
-            sop_uid = ds.get("SOPInstanceUID")
-        except Exception as exc:  # a dataset pydicom cannot even walk
-            log.warning("instance %s from %s could not be parsed: %s", affected_uid, calling_ae, type(exc).__name__)
-            self._on_refused(affected_uid, "unparseable_dataset")
-            return _status(CANNOT_UNDERSTAND, f"dataset could not be parsed ({type(exc).__name__})")
-        study_uid, series_uid, sop_uid = (str(v) if v is not None else None for v in (study_uid, series_uid, sop_uid))
-        bad = [name for name, v in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
-                                    ("SOPInstanceUID", sop_uid)) if not is_uid(v)]
-        if bad:
-            self._on_refused(affected_uid, "invalid_uids")
-            return _status(CANNOT_UNDERSTAND, f"missing or invalid {', '.join(bad)}")
-        if sop_uid != affected_uid:
-            self._on_refused(affected_uid, "sop_instance_uid_mismatch")
-            return _status(CANNOT_UNDERSTAND, "SOPInstanceUID differs from the C-STORE request's")
-        path = spool_path(self.spool, study_uid, series_uid, sop_uid)
-        duplicate = _touch(path)
-        if not duplicate and self.min_free_bytes and shutil.disk_usage(self.spool).free < self.min_free_bytes:
-            log.error("spool nearly full: refusing instance %s (watermark %d MiB)", sop_uid, self.min_free_bytes >> 20)
-            self._on_refused(sop_uid, "spool_nearly_full")
-            return _status(OUT_OF_RESOURCES, "the node's spool is nearly full; send again later")
-        if not duplicate:
-            try:
-                write_atomically(path, event.encoded_dataset(include_meta=True))
-            except OSError as exc:
-                log.error("could not write instance %s to the spool: %s", sop_uid, exc.strerror)
-                self._on_refused(sop_uid, "spool_write_failed")
-                return _status(OUT_OF_RESOURCES, f"the node could not store the instance ({exc.strerror})")
-        self._on_stored(StoredInstance(study_uid, series_uid, sop_uid, sop_class, path, calling_ae,
-                                       self._association_id(event), duplicate, time.monotonic()))
+        outcome = store_instance(
+            self.spool, self.min_free_bytes, sop_class, lambda: header_uids(event.dataset),
+            lambda: event.encoded_dataset(include_meta=True), calling_ae, expected_sop_uid=affected_uid)
+        if isinstance(outcome, Refusal):
+            self._on_refused(affected_uid, outcome.reason)
+            return _status(outcome.status, outcome.comment)
+        self._on_stored(StoredInstance(outcome.study_uid, outcome.series_uid, outcome.sop_instance_uid, sop_class,
+                                       outcome.path, calling_ae, self._association_id(event), outcome.duplicate,
+                                       time.monotonic()))
         return SUCCESS
 
     def _handle_released(self, event) -> None:

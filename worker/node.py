@@ -27,6 +27,7 @@ from worker import jobs, retention, tasks
 from worker.assembly import SeriesAssembler
 from worker.bookkeeper import Bookkeeper
 from worker.settings import Settings, SettingsError, variable
+from worker.stow_server import StowServer, create_stow_app
 
 log = logging.getLogger("lumbarnode.node")
 POLL_S = 0.2
@@ -56,6 +57,15 @@ class Node:
             min_free_bytes=settings.min_free_spool_mb * 2**20,
             ssl_context=settings.listener_tls(),
         )
+        self.stow = None
+        if settings.stow_port:
+            app = create_stow_app(settings, self.access, self.assembler.instance_stored,
+                                  self.assembler.association_ended, self._refused)
+            try:
+                self.stow = StowServer(app, settings.stow_host, settings.stow_port)
+            except OSError as exc:
+                raise SettingsError(f"cannot listen on {settings.stow_host}:{settings.stow_port} for STOW-RS "
+                                    f"({exc.strerror}): set {variable('stow_port')}") from None
         self._stop = threading.Event()
         self._broker_instance: str | None = None
         self.on_sweep: Callable[[], None] | None = None  # serve: restart workers that died
@@ -99,6 +109,10 @@ class Node:
                         variable("require_known_caller"))
         log.info("listening as %s on %s:%d%s (spool %s)", self.settings.ae_title, self.settings.host, self.scp.port,
                  self.tls_note, self.settings.spool_dir)
+        if self.stow is not None:
+            self.stow.start()
+            log.info("STOW-RS on http://%s:%d/dicom-web/studies (API tokens of senders)", self.settings.stow_host,
+                     self.stow.port)
 
     @property
     def tls_note(self) -> str:
@@ -140,6 +154,8 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
         self.scp.stop()
+        if self.stow is not None:
+            self.stow.stop()
         self.store.dispose()
 
 

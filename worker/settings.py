@@ -41,7 +41,7 @@ OTHER_VARIABLES = frozenset({
 })
 INCOMPLETE_SERIES_CHOICES = ("skip", "measure")
 DICOMWEB_AUTH_CHOICES = ("none", "basic", "bearer")  # dicom_io.stow.AUTH_KINDS
-ADMIN_ROLES = ("viewer", "operator", "admin")  # db.access.Role (settings import nothing from db)
+ADMIN_ROLES = ("viewer", "operator", "admin", "sender")  # db.access.Role (settings import nothing from db)
 
 
 class SettingsError(ValueError):
@@ -148,6 +148,10 @@ class Settings:
     inference_workers: int = 1  # worker processes `serve` starts for the inference queue
     job_timeout_s: float = 900.0  # a running job silent this long lost its worker: it is queued again
     min_free_spool_mb: int = 500  # below this much free space the listener refuses instances (0xA700)
+    # STOW-RS ingest (worker/stow_server.py), in the node beside the listener; 0: off
+    stow_port: int = 0
+    stow_host: str = "0.0.0.0"
+    stow_max_mb: int = 2048  # the largest request taken
     # the retention cleaner (worker/retention.py): days after a job ended that its input and results go;
     # `inf` keeps them. A job whose results were not delivered (export_failed) is never cleaned.
     retention_done_days: float = 7.0  # delivered (done)
@@ -223,6 +227,10 @@ class Settings:
         for name in ("port", "admin_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise bad(name, "expected a TCP port, 1 to 65535")
+        if not 0 <= self.stow_port < 65536:
+            raise bad("stow_port", "expected a TCP port, 1 to 65535, or 0 (off)")
+        if self.stow_max_mb <= 0:
+            raise bad("stow_max_mb", "expected a number > 0")
         if not 0 < len(self.ae_title.strip()) <= 16 or "\\" in self.ae_title:
             raise bad("ae_title", "expected an AE title of 1 to 16 characters, no backslash")
         for name in ("quiet_period_s", "incomplete_wait_s", "export_backoff_s", "export_retries", "min_free_spool_mb",

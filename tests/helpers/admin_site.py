@@ -34,7 +34,7 @@ DONE_TIMINGS = {"quiet_period_s": 2.0, "queue_wait_s": 0.05, "load_s": 0.412, "m
 DONE_FLAGS = ["possible_transitional_vertebra:L5", "neighbour_slices_disagree"]
 # One user per role; the passwords are the tests' own, made up here.
 USERS = {"vera": ("viewer", "vera-views-jobs-1"), "otto": ("operator", "otto-retries-jobs-2"),
-         "ada": ("admin", "ada-manages-users-3")}
+         "ada": ("admin", "ada-manages-users-3"), "sid": ("sender", "sid-sends-studies-9")}
 SETUP = users.Actor("cli:test-setup", "cli")
 
 

@@ -20,10 +20,12 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 class Orthanc:
     def __init__(self, root: Path, name: str = "lumbarnode-test-pacs", modalities: dict | None = None,
-                 dicom: bool = True, users: dict[str, str] | None = None):
+                 dicom: bool = True, users: dict[str, str] | None = None, dicomweb_servers: dict | None = None):
         """`modalities`: the DICOM peers it may send to ({"name": [AE, host, port]}); `dicom`: its
         own DICOM server (AE ORTHANC) on, or REST and DICOMweb only; `users`: HTTP basic
-        authentication on, with these users and passwords (the helper signs in as the first)."""
+        authentication on, with these users and passwords (the helper signs in as the first);
+        `dicomweb_servers`: the DICOMweb peers it may send to by STOW-RS ({"name": {"Url": ...,
+        "HttpHeaders": {...}}}, the plugin's DicomWeb.Servers)."""
         if not DICOMWEB_PLUGIN.is_file():
             raise FileNotFoundError(f"{DICOMWEB_PLUGIN} is missing: install Debian's orthanc-dicomweb (`make test` does)")
         root.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,8 @@ class Orthanc:
             "HttpCompressionEnabled": False,  # loopback: gzip only costs CPU
             "HttpThreadsCount": 20,
             "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado"},
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
+                         "Servers": dicomweb_servers or {}},
             "StableAge": 1,
         }
         self.config_path = root / "orthanc.json"

@@ -130,3 +130,104 @@ def test_credentials_never_go_in_the_url_and_auth_needs_its_secret(tmp_path):
     settings = Settings(data_dir=tmp_path, allowed_callers="A=https://pacs.example/dicom-web/,B=B@10.0.0.5:104")
     assert str(settings.return_address("A")) == "https://pacs.example/dicom-web"
     assert str(settings.return_address("B")) == "B@10.0.0.5:104"
+
+
+# -- ingest: STOW-RS into the node ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web_site(tmp_path_factory):
+    """PACS -> node -> PACS over DICOMweb alone: Orthanc (no DICOM server at all) sends studies
+    to the node's STOW-RS endpoint with a sender's API token, and gets the results back by
+    STOW-RS at its own DICOMweb root."""
+    from db.access import AccessStore
+    from worker.admin import users
+
+    root = tmp_path_factory.mktemp("dicomweb-site")
+    stow_port = free_port()
+    settings = Settings(data_dir=root / "node", host="127.0.0.1", port=free_port(), quiet_period_s=1.0,
+                        stow_port=stow_port, stow_host="127.0.0.1")
+    store = JobStore(settings.database_url, create=True)
+    access = AccessStore(store)
+    setup = users.Actor("cli:test-setup", "cli")
+    users.add(access, CALLER, "sender", "the-pacs-sends-studies", setup)
+    users.add(access, "reader", "viewer", "a-viewer-cannot-send", setup)
+    token = users.issue_token(access, CALLER, "orthanc", 1, setup)
+    viewer_token = users.issue_token(access, "reader", "tests", 1, setup)
+    orthanc = Orthanc(root / "orthanc", dicom=False, dicomweb_servers={
+        "lumbarnode": {"Url": f"http://127.0.0.1:{stow_port}/dicom-web/",
+                       "HttpHeaders": {"Authorization": f"Bearer {token}"}}})
+    settings = settings.with_(allowed_callers=f"{CALLER}={orthanc.base}/dicom-web")
+    log = open(root / "node.log", "w")
+    node = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve"], env={**os.environ, **settings.environment()},
+                            stdout=log, stderr=subprocess.STDOUT)
+    wait_until(lambda: echo(settings.ae_title, "127.0.0.1", settings.port, calling_ae="SCU") or
+               _answers(f"http://127.0.0.1:{stow_port}/dicom-web/studies"), 60, "the node", node)
+    yield orthanc, settings, store, token, viewer_token
+    store.dispose()
+    node.send_signal(signal.SIGTERM)
+    node.wait(timeout=120)
+    log.close()
+    orthanc.stop()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.post(url, timeout=5).status_code == 401  # up, and asking for a token
+    except httpx.TransportError:
+        return False
+
+
+def test_a_study_goes_pacs_to_node_to_pacs_over_dicomweb_alone(web_site, tmp_path):
+    orthanc, settings, store, _, _ = web_site
+    study = write_phantom_study(PhantomParams(lla_deg=50.0, seed=2401, slices=9), tmp_path / "study")
+    uploaded = orthanc.upload(sorted(study.dicom_dir.glob("*.dcm")))
+    answer = orthanc.request("POST", "/dicom-web/servers/lumbarnode/stow",
+                             {"Resources": [uploaded[0]["ParentStudy"]], "Synchronous": True})
+    assert answer is not None  # HTTP 200 from Orthanc's own STOW-RS client, else urlopen raises
+    job = final_job(store, study.truth["series_instance_uid"], timeout_s=240)
+    assert (job.status, job.calling_ae, job.instance_count) == ("done", CALLER, 9), job.error
+    assert store.exports(job.id)[-1].http_status == 200
+    url = f"{orthanc.base}/dicom-web"
+    expected = sorted([job.seg_sop_instance_uid, job.sr_sop_instance_uid, job.key_sop_instance_uid])
+    assert _results_at(url, job.study_instance_uid) == expected
+
+
+def test_stow_rs_with_dicomweb_client_answers_what_was_stored_and_what_was_refused(web_site, tmp_path):
+    import pydicom
+    import requests
+
+    _, settings, store, token, viewer_token = web_site
+    study = write_phantom_study(PhantomParams(lla_deg=40.0, seed=2402, slices=9), tmp_path / "study")
+    datasets = [pydicom.dcmread(path) for path in sorted(study.dicom_dir.glob("*.dcm"))]
+    plan = pydicom.dcmread(sorted(study.dicom_dir.glob("*.dcm"))[0])
+    plan.SOPClassUID = plan.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"  # RT Plan
+    plan.SOPInstanceUID = plan.file_meta.MediaStorageSOPInstanceUID = f"{plan.SOPInstanceUID}.99"
+    url = f"http://127.0.0.1:{settings.stow_port}/dicom-web"
+
+    def client(secret: str | None) -> DICOMwebClient:
+        session = requests.Session()
+        if secret:
+            session.headers["Authorization"] = f"Bearer {secret}"
+        web = DICOMwebClient(url, session=session)
+        web.set_http_retry_params(retry=False)
+        return web
+
+    with pytest.raises(requests.HTTPError) as refused:
+        client(None).store_instances(datasets[:1])
+    assert refused.value.response.status_code == 401
+    with pytest.raises(requests.HTTPError) as refused:
+        client(viewer_token).store_instances(datasets[:1])
+    assert refused.value.response.status_code == 403  # a viewer may not send
+    answer = client(token).store_instances([*datasets, plan])  # 202: stored, but for the RT Plan
+    stored = sorted(item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence)
+    assert stored == sorted(ds.SOPInstanceUID for ds in datasets)
+    failed = answer.FailedSOPSequence
+    assert [(f.ReferencedSOPInstanceUID, f.FailureReason) for f in failed] == [(plan.SOPInstanceUID, 0x0122)]
+    job = final_job(store, study.truth["series_instance_uid"], timeout_s=240)
+    assert job.status == "done" and job.instance_count == 9
+    assert (Path(settings.spool_dir) / job.study_instance_uid / job.series_instance_uid).is_dir()
+    again = client(token).store_instances(datasets[:2])  # duplicates: harmless, answered stored
+    assert len(again.ReferencedSOPSequence) == 2

@@ -51,12 +51,14 @@ class Permission(StrEnum):
     RETRY = "retry"  # run a job again, send its results again
     MANAGE_USERS = "manage_users"  # add users, change roles, disable, reset passwords, sign out
     VIEW_AUDIT = "view_audit"  # the audit trail
+    STORE = "store"  # send studies by STOW-RS (worker/stow_server.py)
 
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.VIEW_JOBS}),
     Role.OPERATOR: frozenset({Permission.VIEW_JOBS, Permission.RETRY}),
     Role.ADMIN: frozenset(Permission),
+    Role.SENDER: frozenset({Permission.STORE}),
 }
 
 

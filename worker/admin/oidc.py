@@ -34,7 +34,7 @@ from worker.settings import Settings
 log = logging.getLogger("worker.admin")
 FLOW_COOKIE = "lumbarnode_oidc"
 FLOW_MAX_AGE_S = 600  # the time a person has at the provider's sign-in page
-_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+_RANK = {Role.SENDER: -1, Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 def role_of(claims: dict[str, Any], settings: Settings) -> str | None:
