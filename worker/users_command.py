@@ -116,7 +116,8 @@ def add_parsers(sub, since: Callable, positive: Callable) -> tuple[argparse.Argu
     q = actions.add_parser("add", help="a new local user with a password")
     q.add_argument("name")
     q.add_argument("--role", choices=ROLES, required=True,
-                   help="viewer: sees jobs; operator: also retries and resends; admin: also manages users")
+                   help="viewer: sees jobs; operator: also retries and resends; admin: also manages users; "
+                        "sender: may only send studies by STOW-RS")
     password_options(q)
     q = actions.add_parser("role", help="change a user's role")
     q.add_argument("name")
