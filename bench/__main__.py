@@ -14,7 +14,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-PARTS = ("ingest", "latency", "inference", "throughput")
+PARTS = ("ingest", "dicomweb", "latency", "inference", "throughput")
 
 
 def machine() -> dict:
@@ -51,6 +51,10 @@ def main() -> int:
         from bench import ingest
 
         figures["ingest"] = ingest.run(repeats)
+    if "dicomweb" in parts:
+        from bench import dicomweb
+
+        figures["dicomweb"] = dicomweb.run(repeats)
     if "latency" in parts:
         from bench import latency
 
@@ -83,6 +87,15 @@ def print_table(report: dict) -> None:
                   f"{i[f'storescp_{n}_assoc']['median']:>13.0f}{i[f'ratio_{n}_assoc']:>8.2f}"
                   f"{i[f'pynetdicom_bare_{n}_assoc']['median']:>20.0f}{i[f'bare_ratio_{n}_assoc']:>8.2f}")
         print("  (pynetdicom bare: an SCP that answers success and stores nothing: the ceiling of any pynetdicom node)")
+    if "dicomweb" in f:
+        w = f["dicomweb"]
+        print(f"\nDICOMweb ({w['instances']} instances, {w['batch']} a STOW-RS request; median of "
+              f"{w['node_stow']['runs']} runs, instances/s)")
+        print(f"  ingest: node STOW-RS {w['node_stow']['median']:.0f}, Orthanc STOW-RS {w['orthanc_stow']['median']:.0f} "
+              f"(ratio {w['ratio_node_stow_to_orthanc_stow']:.2f}); node C-STORE {w['node_cstore']['median']:.0f} "
+              f"(STOW/C-STORE {w['ratio_node_stow_to_node_cstore']:.2f})")
+        print(f"  export to Orthanc: STOW-RS {w['export_stow']['median']:.0f}, C-STORE {w['export_cstore']['median']:.0f} "
+              f"(ratio {w['ratio_export_stow_to_cstore']:.2f})")
     for run in f.get("latency", []):
         s = run["seconds"]
         print(f"\nend-to-end latency, {run['backend']}: median {s['median']:.2f} s (min {s['min']:.2f}, max {s['max']:.2f}, "
