@@ -213,7 +213,7 @@ def _c_store(settings: Settings, files: list[Path], destination: Destination) ->
 
 def _stow(settings: Settings, files: list[Path], destination: WebDestination) -> Attempt:
     try:
-        auth, verify = settings.dicomweb_auth_and_verify()
+        auth, verify = settings.dicomweb_auth_and_verify(destination.url)
         result = stow(files, destination.url, auth, verify)
     except StowError as exc:
         return str(exc), None, exc.http_status, _refused(exc.failed)

@@ -188,6 +188,9 @@ class Settings:
     dicomweb_secret_file: Path | None = None  # the password (basic) or the token (bearer), in a file
     dicomweb_ca: Path | None = None  # PEM CA(s) an https:// destination is verified against; default the system's
     dicomweb_verify_tls: bool = True  # false: no certificate check (a test bench only)
+    # per destination: a TOML file of tables ["https://pacs/dicom-web"] with auth, username,
+    # secret_file, ca, verify_tls (each overriding the DICOMWEB_* above for URLs that begin so)
+    dicomweb_destinations_file: Path | None = None
     # where things live
     data_dir: Path | None = None  # default: default_data_dir(); relative: from the working directory
     spool_dir: Path | None = None  # default data_dir/spool
@@ -203,7 +206,8 @@ class Settings:
         object.__setattr__(self, "database_url", self.database_url or f"sqlite:///{data / 'lumbarnode.db'}")
         object.__setattr__(self, "broker_url", self.broker_url or f"sqla+sqlite:///{data / 'broker.db'}")
         for name in ("tls_cert", "tls_key", "tls_ca", "admin_tls_cert", "admin_tls_key", "admin_initial_password_file",
-                     "oidc_client_secret_file", "dicomweb_secret_file", "dicomweb_ca"):
+                     "oidc_client_secret_file", "dicomweb_secret_file", "dicomweb_ca",
+                     "dicomweb_destinations_file"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
         self._check()
@@ -282,6 +286,8 @@ class Settings:
                                 f"{'password' if self.dicomweb_auth == 'basic' else 'token'}")
         if self.dicomweb_auth == "basic" and not self.dicomweb_username:
             raise SettingsError(f"{variable('dicomweb_auth')}=basic needs {variable('dicomweb_username')}")
+        if self.dicomweb_destinations_file is not None:
+            _destination_tables(self.dicomweb_destinations_file)  # readable and well-formed, at start
         if self.export_tls and self.tls_ca is None:
             raise SettingsError(f"{variable('export_tls')} needs {variable('tls_ca')}, the CA that the "
                                 "destination's certificate is verified against")
@@ -312,14 +318,23 @@ class Settings:
             return None
         return tls.server_context(self.tls_cert, self.tls_key, self.tls_ca)
 
-    def dicomweb_auth_and_verify(self) -> tuple[WebAuth, bool | str]:
-        """The STOW-RS credentials (read from their file at each export: a rotated secret is
-        used at once) and what https:// destinations are verified against."""
+    def dicomweb_auth_and_verify(self, url: str) -> tuple[WebAuth, bool | str]:
+        """The STOW-RS credentials for the destination at `url` and what its certificate is
+        verified against: its own table in DICOMWEB_DESTINATIONS_FILE (the longest URL that
+        begins it), else the DICOMWEB_* settings. Secret files are read at each export: a
+        rotated secret is used at once."""
         from dicom_io.stow import WebAuth
 
-        secret = self.dicomweb_secret_file.read_text().strip() if self.dicomweb_secret_file else ""
-        verify: bool | str = str(self.dicomweb_ca) if self.dicomweb_ca else True
-        return WebAuth(self.dicomweb_auth, self.dicomweb_username, secret), verify if self.dicomweb_verify_tls else False
+        own = _destination_table(self.dicomweb_destinations_file, url)
+        auth = own.get("auth", self.dicomweb_auth)
+        username = own.get("username", self.dicomweb_username)
+        secret_file = own.get("secret_file", self.dicomweb_secret_file)
+        ca = own.get("ca", self.dicomweb_ca)
+        secret = Path(secret_file).read_text().strip() if secret_file else ""
+        verify: bool | str = str(ca) if ca else True
+        if not own.get("verify_tls", self.dicomweb_verify_tls):
+            verify = False
+        return WebAuth(auth, username, secret), verify
 
     def export_tls_context(self) -> ssl.SSLContext | None:
         """The exports' TLS context; None: plain TCP."""
@@ -467,3 +482,42 @@ def _parse(raw: object, f, name: str) -> object:
         expected = "a whole number" if kind.startswith("int") else "a number"
         raise SettingsError(f"{name}={raw!r}: expected {expected}") from None
     return raw
+
+
+_DESTINATION_KEYS = {"auth": str, "username": str, "secret_file": str, "ca": str, "verify_tls": bool}
+
+
+def _destination_tables(path: Path) -> dict[str, dict[str, object]]:
+    """DICOMWEB_DESTINATIONS_FILE: URL -> its settings; relative files from the file's folder."""
+    where = f"{variable('dicomweb_destinations_file')}={path}"
+    try:
+        with open(path, "rb") as handle:
+            tables = tomllib.load(handle)
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{where}: not valid TOML ({exc})") from None
+    out: dict[str, dict[str, object]] = {}
+    for url, table in tables.items():
+        if not isinstance(table, dict) or not re.match(r"https?://", url):
+            raise SettingsError(f"{where}: expected tables named by destination URL, e.g. [\"https://pacs/dicom-web\"]")
+        for key, value in table.items():
+            if key not in _DESTINATION_KEYS or not isinstance(value, _DESTINATION_KEYS[key]):
+                raise SettingsError(f"{where}: [{url!r}] {key} = {value!r}: expected one of "
+                                    f"{', '.join(_DESTINATION_KEYS)} with a value of that type")
+        if table.get("auth", "none") not in DICOMWEB_AUTH_CHOICES:
+            raise SettingsError(f"{where}: [{url!r}] auth: one of {', '.join(DICOMWEB_AUTH_CHOICES)}")
+        if table.get("auth", "none") != "none" and "secret_file" not in table:
+            raise SettingsError(f"{where}: [{url!r}] auth = {table['auth']!r} needs secret_file")
+        for key in ("secret_file", "ca"):
+            if key in table and not Path(str(table[key])).expanduser().is_absolute():
+                table[key] = str(path.resolve().parent / str(table[key]))
+        out[url.rstrip("/")] = table
+    return out
+
+
+def _destination_table(path: Path | None, url: str) -> dict[str, object]:
+    if path is None:
+        return {}
+    matches = [prefix for prefix in _destination_tables(path) if url.rstrip("/").startswith(prefix)]
+    return _destination_tables(path)[max(matches, key=len)] if matches else {}

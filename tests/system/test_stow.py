@@ -102,8 +102,11 @@ def test_basic_authentication_a_refused_password_is_on_record_and_the_right_one_
     try:
         secret = tmp_path / "stow_password"
         secret.write_text("a-wrong-password\n")
-        web = settings.with_(dicomweb_auth="basic", dicomweb_username="lumbarnode", dicomweb_secret_file=secret)
         target = f"{guarded.base}/dicom-web"
+        tables = tmp_path / "destinations.toml"  # this destination's own credentials; the others' stay none
+        tables.write_text(f'["{target}"]\nauth = "basic"\nusername = "lumbarnode"\nsecret_file = "stow_password"\n')
+        web = settings.with_(dicomweb_destinations_file=tables)
+        assert web.dicomweb_auth_and_verify(url)[0].kind == "none"
         store.set_status(done.id, "exporting", destination=target)  # as `jobs retry --export-only` does
         assert export_job(web, store, done.id, last_attempt=True) == "export_failed"
         refused = store.exports(done.id)[-1]
@@ -127,6 +130,16 @@ def test_credentials_never_go_in_the_url_and_auth_needs_its_secret(tmp_path):
         Settings(data_dir=tmp_path, dicomweb_auth="bearer")
     with pytest.raises(SettingsError, match="LUMBARNODE_DICOMWEB_AUTH"):
         Settings(data_dir=tmp_path, dicomweb_auth="digest")
+    tables = tmp_path / "destinations.toml"
+    tables.write_text('["https://pacs.example/dicom-web"]\nauth = "bearer"\n')
+    with pytest.raises(SettingsError, match="needs secret_file"):
+        Settings(data_dir=tmp_path, dicomweb_destinations_file=tables)
+    tables.write_text('["https://pacs.example/dicom-web"]\nauth = "bearer"\nsecret_file = "token"\nca = "/etc/ca.pem"\n')
+    (tmp_path / "token").write_text("t0ken\n")
+    own = Settings(data_dir=tmp_path, dicomweb_destinations_file=tables)
+    auth, verify = own.dicomweb_auth_and_verify("https://pacs.example/dicom-web")
+    assert (auth.kind, auth.secret, verify) == ("bearer", "t0ken", "/etc/ca.pem")
+    assert own.dicomweb_auth_and_verify("https://other.example/dicom-web")[0].kind == "none"
     settings = Settings(data_dir=tmp_path, allowed_callers="A=https://pacs.example/dicom-web/,B=B@10.0.0.5:104")
     assert str(settings.return_address("A")) == "https://pacs.example/dicom-web"
     assert str(settings.return_address("B")) == "B@10.0.0.5:104"
