@@ -8,11 +8,17 @@ disc, the whole sacrum, and the sacrum is the code pydicom and viewers know.
 Concepts no standard covers (the lordosis class as a finding, the quality flags, the
 Deteclordose class) use the private coding scheme 99LUMBARNODE, documented here and in the
 README and declared in each SR's Coding Scheme Identification Sequence.
+
+How the results name the AI algorithm that made them (IHE RAD AI Results, AIR, Rev. 1.1,
+6.5.3.1): each network is one item of the Contributing Equipment Sequence of the SEG, the SR
+and the key image (`seg.algorithm_equipment`), identified by a UID derived from its weights
+(`device_uid`), the same UID the SR gives as its Device Observer UID.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -47,7 +53,11 @@ LUMBAR_SPINE = codes.SCT.LumbarSpine  # 122496007
 ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence  # 123110, CID 7162
 
 # Measurement report (SR)
-IMAGING_PROCEDURE = codes.SCT.ImagingProcedure  # 363679005, CID 100
+# Procedure Reported: AIR asks for the imaging procedure analysed, not the algorithm. The method
+# only runs on MR of the lumbar spine (the loader refuses other modalities), so it is LOINC's
+# (RSNA/LOINC playbook) "MR Lumbar spine"; CID 100 is a baseline group and lists no
+# body-region-specific MR procedure.
+MR_LUMBAR_SPINE = Code("24968-0", "LN", "MR Lumbar spine")
 COBB_ANGLE = codes.SCT.CobbAngle  # 285285000
 DEGREE = Code("deg", "UCUM", "degree")
 NO_UNITS = Code("1", "UCUM", "no units")
@@ -58,6 +68,14 @@ LORDOSIS_CLASS = private("LORDOSIS-CLASS", "Lumbar lordosis class")
 CNN_LORDOSIS_CLASS = private("CNN-LORDOSIS", "Lumbar lordosis class by CNN (second opinion)")
 QUALITY_FLAG = private("QUALITY-FLAG", "Quality flag")
 LLA_SPREAD = private("LLA-SPREAD", "Range of the LLA across ensemble members")
+# Purpose of Reference of our algorithms' Contributing Equipment items. AIR Rev. 1.1 6.5.3.1
+# names a placeholder, (Newcode1, 99IHE, "Processing Algorithm"), that DICOM was to replace;
+# CID 7005 (Contributing Equipment Purposes of Reference, as in pydicom 3.0's tables) holds no
+# such code and highdicom refuses any code outside it. Of CID 7005's codes, 109102 "Processing Equipment" is defined as equipment that processed
+# composite instances to create new ones, which is what the networks do (an MR series in, a
+# new SEG, SR and key image out); 109103 "Modifying Equipment" is for equipment that changed
+# existing instances without making new ones, which we never do.
+PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment  # 109102, CID 7005
 COMMENT = codes.DCM.Comment  # 121106: the readable sentences OHIF lists with a measurement
 IMAGE_REGION = codes.DCM.ImageRegion  # 111030
 SOURCE_IMAGE = codes.DCM.SourceImage  # 121324
@@ -122,6 +140,20 @@ def flag_code(flag: str) -> Code:
     """The coded value of one quality flag (private scheme; the code value is the flag itself)."""
     value = re.sub(r"[^A-Za-z0-9_:.\-]", "_", flag)
     return private(value, flag_meaning(flag)[:_MAX_MEANING])
+
+
+# UUIDs of our algorithms are name-based (RFC 4122 version 5) in this namespace.
+_WEIGHTS_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:lumbarnode:weights-sha256")
+
+
+def device_uid(weights_sha256: str) -> str:
+    """The Device UID of the network whose weights have this SHA-256: new weights, a new device.
+
+    A 2.25 UID of a name-based UUID of the hash (PS3.5 B.2), the same at every site and in
+    every job (never under the site's UID root: the same weights are the same algorithm
+    wherever they run, so that results can be pooled by the algorithm that made them).
+    """
+    return f"2.25.{uuid.uuid5(_WEIGHTS_NAMESPACE, weights_sha256.strip().lower()).int}"
 
 
 def coding_scheme_identification() -> Dataset:

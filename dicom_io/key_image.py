@@ -3,7 +3,8 @@
 Every viewer shows a Secondary Capture image, including those that render neither SEG nor SR.
 It is marked as what it is: ImageType DERIVED\\SECONDARY, BurnedInAnnotation YES, a source
 image reference to the measured slice, and "not for primary diagnosis" in its description,
-comments and in the picture itself (the renderer writes that line in the header band).
+comments and in the picture itself (the renderer writes that line in the header band). The
+networks whose results it shows are its Contributing Equipment (IHE AIR), as in the SEG and SR.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_io.results import LordosisFinding, Producer
+from dicom_io.seg import algorithm_equipment
 from dicom_io.series import Series
 from dicom_io.study import copy_study
 from dicom_io.uids import ResultUIDs
@@ -48,6 +50,7 @@ def build_key_image(
         patient_orientation=("P", "F"),  # along a row: posterior-ward; down a column: feet-ward
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         series_description=KEY_IMAGE_SERIES_DESCRIPTION,
+        contributing_equipment=algorithm_equipment(producer, finding.segmentation, finding.classifier),
     )
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.BurnedInAnnotation = "YES"

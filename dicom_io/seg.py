@@ -14,6 +14,11 @@ identified".
 Choices that viewers need: every source frame is written for every segment, empty or not
 (omitting empty frames has shifted segments in OHIF), and ReferencedSeriesSequence names the
 source series (highdicom writes it; OHIF needs it).
+
+The AI algorithm (IHE AIR): each segment is AUTOMATIC with the network's Segmentation
+Algorithm Identification (family artificial intelligence, name, version, weights SHA-256), and
+the network is an item of the Contributing Equipment Sequence (`algorithm_equipment`, which the
+SR and the key image use too).
 """
 
 from __future__ import annotations
@@ -57,6 +62,30 @@ STRUCTURES: dict[int, tuple[str, Code, tuple[int, int, int]]] = {
 
 
 LEVEL_SEGMENTS = frozenset(STRUCTURES) - {19, 30, 40}  # the label values that name a level
+
+
+def algorithm_equipment(producer: Producer, *algorithms: Algorithm | None) -> list[hd.ContributingEquipment]:
+    """One Contributing Equipment item per network that made a result (IHE AIR Rev. 1.1
+    6.5.3.1): manufacturer, the network's name as model name, our software version and the
+    network's version, and the UID of the network's weights (`codes.device_uid`: new weights,
+    a new UID). `None`s (no classifier) are skipped. highdicom adds the source's acquisition
+    equipment before these and itself after.
+
+    AIR puts that UID in Device UID (0018,1002). Recent editions of PS3.3 list Device UID in
+    this sequence (highdicom 0.28's tables of the standard have it), but dicom3tools' dciodvfy
+    (Debian's, 2022) does not and warns on every result, which are held to no warnings. So the
+    UID is the item's Device Serial Number (0018,1000), which dciodvfy knows there, and the
+    SR's Device Observer UID and Serial Number. When dciodvfy knows Device UID there, set it
+    too."""
+    return [hd.ContributingEquipment(
+        manufacturer=producer.manufacturer,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=algorithm.name,
+        software_versions=[producer.software_version, algorithm.version],
+        device_serial_number=codes.device_uid(algorithm.sha256),
+        contribution_description=(f"AI algorithm {algorithm.name} {algorithm.version}, "
+                                  f"weights SHA-256 {algorithm.sha256}")[:1024],
+    ) for algorithm in algorithms if algorithm is not None]
 
 
 def levels_unconfirmed(flags: Sequence[str]) -> bool:
@@ -155,6 +184,7 @@ def build_segmentation(
         content_description="Vertebrae L1-L5, S1, discs and spinal canal (automatic)",
         series_description=SEG_SERIES_DESCRIPTION,
         omit_empty_frames=False,
+        contributing_equipment=algorithm_equipment(producer, algorithm),
     )
     producer.stamp(seg)
     copy_study(sources[0], seg)

@@ -23,6 +23,13 @@ one measurement group in Imaging Measurements:
   and lists them with the measurement, instead of codes.
 - The levels are the SEG's segments; the SR lists the SEG in its evidence. Levels counted from
   an S1 that could not be confirmed carry the flag `levels_unconfirmed`.
+
+The AI algorithm (IHE AIR): Procedure Reported is the imaging procedure analysed (MR of the
+lumbar spine), not the algorithm; the observer is the segmentation network as a device, whose
+Device Observer UID (and Serial Number) is the UID its Contributing Equipment item carries
+(`seg.algorithm_equipment`; derived from its weights: the same in every job, new with new
+weights); every measurement and the group name their algorithm (TID 4019 Algorithm Name,
+Version, Parameters).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io import codes
 from dicom_io.results import Algorithm, LordosisFinding, Producer
+from dicom_io.seg import algorithm_equipment
 from dicom_io.series import Series
 from dicom_io.study import copy_study
 from dicom_io.uids import ResultUIDs
@@ -185,19 +193,19 @@ def build_report(
     """The TID 1500 Measurement Report of `finding`, referencing the SEG when one was made."""
     image = series.header(finding.measured_slice.sop_instance_uid)
     frame = finding.measured_slice.frame_number
+    # the segmentation network, as its Contributing Equipment item names it (the same UID)
+    device = codes.device_uid(finding.segmentation.sha256)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uids.derive_more("observer", producer.device_serial_number),
-            name=producer.model_name, manufacturer_name=producer.manufacturer,
-            model_name=f"{finding.segmentation.name} {finding.segmentation.version}",
-            serial_number=producer.device_serial_number,
+            uid=device, name=producer.model_name, manufacturer_name=producer.manufacturer,
+            model_name=f"{finding.segmentation.name} {finding.segmentation.version}", serial_number=device,
         ),
     )
     group = (_lla_group if finding.measured else _not_measured_group)(finding, image, frame, uids)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.IMAGING_PROCEDURE,
+        procedure_reported=codes.MR_LUMBAR_SPINE,
         imaging_measurements=[group],
     )
     sr = hd.sr.Comprehensive3DSR(
@@ -210,6 +218,7 @@ def build_report(
         manufacturer=producer.manufacturer,
         is_complete=True,
         series_description=SR_SERIES_DESCRIPTION,
+        contributing_equipment=algorithm_equipment(producer, finding.segmentation, finding.classifier),
     )
     producer.stamp(sr)
     copy_study(image, sr)
