@@ -26,6 +26,9 @@ are read from it (pydicom parses lazily, nothing else is decoded).
   accept loop, where a caller that connects and sends nothing would block every other caller
   for good. A failed handshake (no or untrusted client certificate, plain TCP) is logged
   with the peer's address and closes that connection only.
+- Several listener processes may accept from one listening socket (worker/listeners.py):
+  `start(..., listening=sock)` serves that socket, never shuts it down (that would close it
+  for every process), and numbers its associations from `first_association`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import logging
 import os
 import re
 import shutil
+import socket
+import socketserver
 import ssl
 import tempfile
 import threading
@@ -45,6 +50,7 @@ from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
 
 log = logging.getLogger("lumbarnode.scp")
@@ -244,6 +250,7 @@ class StorageSCP:
         on_rejected: Callable[[str, str, str], None] = lambda calling_ae, reason, peer_host: None,
         min_free_bytes: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        first_association: int = 1,
     ):
         self.spool = Path(spool)
         self.min_free_bytes = min_free_bytes
@@ -254,7 +261,7 @@ class StorageSCP:
         self._on_rejected = on_rejected
         self._server = None
         self._ids: dict[int, _Tally] = {}
-        self._next_id = 0
+        self._next_id = first_association - 1
         self._lock = threading.Lock()
         self.ae = AE(ae_title=ae_title)
         self.ae.require_called_aet = True
@@ -359,7 +366,8 @@ class StorageSCP:
 
     # --- server ---------------------------------------------------------------------------
 
-    def start(self, host: str, port: int) -> None:
+    def start(self, host: str, port: int, listening: socket.socket | None = None) -> None:
+        """Listen on host:port, or accept from `listening`, a socket already bound and listening."""
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_RELEASED, self._handle_released),
@@ -371,7 +379,14 @@ class StorageSCP:
         if self.ssl_context is not None:
             handlers.append((evt.EVT_CONN_OPEN, self._handle_tls_open))
             tls = cast(ssl.SSLContext, _HandshakeLater(self.ssl_context))  # pynetdicom only calls wrap_socket
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
+        if listening is None:
+            self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
+            return
+        listening.setblocking(False)  # another process may take the connection this one was woken for
+        server_class = type("SharedSocketServer", (_SharedSocketServer,), {"listening": listening})
+        self._server = self.ae.make_server(listening.getsockname(), evt_handlers=handlers, ssl_context=tls,
+                                           server_class=server_class)
+        threading.Thread(target=self._server.serve_forever, name="SharedAcceptor", daemon=True).start()
 
     @property
     def port(self) -> int:
@@ -381,6 +396,28 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+class _SharedSocketServer(ThreadedAssociationServer):
+    """pynetdicom's server on a listening socket shared with other processes: it adopts the
+    socket instead of binding one, and on shutdown only closes its own descriptor."""
+
+    listening: socket.socket
+
+    def server_bind(self) -> None:
+        self.socket.close()  # the one socketserver made
+        self.socket = self.listening
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # listening already
+
+    def server_close(self) -> None:
+        self.socket.close()  # never shutdown(): that would stop the socket for every process
+
+    def shutdown(self) -> None:
+        socketserver.BaseServer.shutdown(self)  # pynetdicom's also unregisters from AE._servers, where
+        self.server_close()  # start_server puts its servers and make_server does not
 
 
 class _HandshakeLater:

@@ -191,7 +191,7 @@ def _settings():
     return Settings.from_env()
 
 
-def _logging(verbose: bool = False) -> None:
+def configure_logging(verbose: bool = False) -> None:
     import logging
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -205,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from worker.node import run_node
 
     settings = _settings()
-    _logging()
+    configure_logging()
     return run_node(settings, with_workers=True)
 
 
@@ -213,7 +213,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from worker.node import run_node
 
     settings = _settings()
-    _logging()
+    configure_logging()
     return run_node(settings, with_workers=False)
 
 
@@ -230,7 +230,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise UsageError(f"--concurrency {args.concurrency}: expected 1 or more")
     settings = _settings()
-    _logging()
+    configure_logging()
     return run_worker(settings, ",".join(queues), args.concurrency)
 
 
@@ -239,7 +239,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _open_store(settings).dispose()  # a missing or foreign database is one line now, not a 500 per page
-    _logging()
+    configure_logging()
     return run_admin(settings, host=args.host, port=args.port)
 
 

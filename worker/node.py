@@ -21,11 +21,10 @@ from collections.abc import Callable
 from db import JobStore
 from db.access import AccessStore
 from db.migrate import ready
-from dicom_io.scp import StorageSCP
-from dicom_io.series import decodable_transfer_syntaxes
 from worker import jobs, retention, tasks
 from worker.assembly import SeriesAssembler
 from worker.bookkeeper import Bookkeeper
+from worker.listeners import Handlers, make_listener
 from worker.settings import Settings, SettingsError, variable
 from worker.stow_server import StowServer, create_stow_app
 
@@ -45,18 +44,9 @@ class Node:
         tasks.configure(settings)
         self.bookkeeper = Bookkeeper(self.store, settings, enqueue or tasks.enqueue_process, tasks.enqueue_export)
         self.assembler = SeriesAssembler(self.store, settings, self.bookkeeper.queue)
-        callers = settings.callers
-        self.scp = StorageSCP(
-            settings.ae_title, settings.spool_dir,
-            allowed_callers=set(callers) if settings.require_known_caller else None,
-            transfer_syntaxes=[str(ts) for ts in decodable_transfer_syntaxes()],
-            on_stored=self.assembler.instance_stored,
-            on_association_end=self.assembler.association_ended,
-            on_refused=self._refused,
-            on_rejected=self._rejected,
-            min_free_bytes=settings.min_free_spool_mb * 2**20,
-            ssl_context=settings.listener_tls(),
-        )
+        # one StorageSCP in this process, or LISTENER_PROCESSES children on one socket
+        self.scp = make_listener(settings, Handlers(self.assembler.instance_stored, self.assembler.association_ended,
+                                                    self._refused, self._rejected))
         self.stow = None
         if settings.stow_port:
             app = create_stow_app(settings, self.access, self.assembler.instance_stored,

@@ -145,6 +145,7 @@ class Settings:
     incomplete_wait_s: float = 120.0  # how long such a series waits for its missing instances first
     export_retries: int = 5  # C-STORE attempts after the first
     export_backoff_s: float = 2.0  # wait before retry n: backoff * 2**(n-1)
+    listener_processes: int = 0  # DICOM listener processes sharing the port (worker/listeners.py); 0: one per core
     inference_workers: int = 1  # worker processes `serve` starts for the inference queue
     job_timeout_s: float = 900.0  # a running job silent this long lost its worker: it is queued again
     min_free_spool_mb: int = 500  # below this much free space the listener refuses instances (0xA700)
@@ -238,7 +239,7 @@ class Settings:
         if not 0 < len(self.ae_title.strip()) <= 16 or "\\" in self.ae_title:
             raise bad("ae_title", "expected an AE title of 1 to 16 characters, no backslash")
         for name in ("quiet_period_s", "incomplete_wait_s", "export_backoff_s", "export_retries", "min_free_spool_mb",
-                     "retention_done_days", "retention_failed_days"):
+                     "retention_done_days", "retention_failed_days", "listener_processes"):
             if getattr(self, name) < 0:
                 raise bad(name, "expected a number >= 0")
         for name in ("inference_workers", "job_timeout_s", "max_obliquity_deg"):
@@ -380,6 +381,10 @@ class Settings:
         if self.destination:
             return parse_destination(self.destination)
         return self.callers.get(calling_ae)
+
+    @property
+    def listener_count(self) -> int:
+        return self.listener_processes or os.cpu_count() or 1
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)

@@ -1,0 +1,174 @@
+"""Several listener processes on one port (worker/listeners.py): instances of one series that
+arrive on different processes still make one job; a listener process killed mid-transfer is
+replaced, its association counts as cut short, and nothing acknowledged is lost; rejected
+callers are audited by the node whichever process turned them away.
+
+The real node (`worker.node.Node`) runs in this process with real child processes and real
+associations (pynetdicom, DCMTK's storescu); the Celery queue is a list of job ids (a
+stand-in: the queue is tested in test_node.py). Which process takes a connection is the
+kernel's choice; the tests decide it by stopping the others (SIGSTOP) for a moment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pydicom
+import pytest
+
+from dicom_io.scu import send_files
+from tests.helpers.dicom_files import write_series
+from tests.helpers.tools import DCMTK_ENV, free_port, require_tool, wait_until
+from worker.listeners import ASSOCIATIONS_PER_CHILD, ListenerPool
+from worker.node import Node
+from worker.settings import Settings
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    running = []
+
+    def start(processes: int = 2, **changes) -> tuple[Settings, Node, list[int]]:
+        settings = Settings(data_dir=tmp_path / "node", host="127.0.0.1", port=free_port(), quiet_period_s=0.5,
+                            incomplete_wait_s=1.5, allowed_callers="PACS,STORESCU", min_free_spool_mb=0,
+                            listener_processes=processes, **changes)
+        queued: list[int] = []
+        node = Node(settings, enqueue=queued.append)
+        node.start()
+        loop = threading.Thread(target=node.run, daemon=True)
+        loop.start()
+        running.append((node, loop))
+        return settings, node, queued
+
+    yield start
+    for node, loop in running:
+        node.stop()
+        loop.join(timeout=10)
+
+
+def series_uid(path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+def pool(node: Node) -> ListenerPool:
+    assert isinstance(node.scp, ListenerPool)
+    return node.scp
+
+
+@contextmanager
+def only(node: Node, pid: int):
+    """Every other listener process stopped (SIGSTOP) meanwhile: `pid` takes the connections."""
+    others = [p for p in pool(node).pids if p != pid]
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+
+
+def recorded_associations(node: Node) -> list[int]:
+    """The association numbers the assembler saw, by wrapping its handler."""
+    seen: list[int] = []
+    original = pool(node).handlers.stored
+
+    def stored(instance):
+        seen.append(instance.association)
+        original(instance)
+
+    pool(node).handlers = replace(original_handlers := pool(node).handlers, stored=stored)
+    assert original_handlers.stored is original
+    return seen
+
+
+def test_a_series_sent_to_two_listener_processes_makes_one_job(node_factory, tmp_path):
+    settings, node, queued = node_factory(processes=2)
+    assert len(set(pool(node).pids)) == 2 and os.getpid() not in pool(node).pids
+    seen = recorded_associations(node)
+    files = write_series(tmp_path / "src", "split", slices=12)
+    first, second = pool(node).pids
+    with only(node, first):
+        assert send_files(files[:6], settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
+    with only(node, second):
+        assert send_files(files[6:], settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
+    job = wait_until(lambda: (j := node.store.latest_job(series_uid(files[0]))) and j, 30, "the job")
+    assert job.status == "queued" and job.instance_count == 12 and queued == [job.id]
+    assert len({a // ASSOCIATIONS_PER_CHILD for a in seen}) == 2, seen  # numbered by two different processes
+    assert len(set(seen)) == 2 and len(seen) == 12
+    # the same series again on both processes at once: duplicates only, no new job
+    procs = [subprocess.Popen([require_tool("storescu"), "-aet", "STORESCU", "-aec", settings.ae_title, "127.0.0.1",
+                               str(settings.port), *map(str, part)], env=DCMTK_ENV, stderr=subprocess.PIPE)
+             for part in (files[::2], files[1::2])]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    wait_until(lambda: len(seen) == 24, 20, "the duplicates reported")
+    assert node.store.latest_job(series_uid(files[0])).id == job.id and queued == [job.id]
+
+
+def test_a_killed_listener_process_is_replaced_and_its_transfer_is_cut_short(node_factory, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    settings, node, queued = node_factory(processes=2)
+    files = write_series(tmp_path / "src", "killed", slices=8)
+    victim = pool(node).pids[0]
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(MRImageStorage)
+    with only(node, victim):
+        assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+        assert assoc.is_established
+        for path in files[:4]:
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+        os.kill(victim, signal.SIGKILL)  # mid-transfer: the association never ends
+    assoc.abort()
+    replaced = wait_until(lambda: victim not in pool(node).pids and len(pool(node).pids) == 2, 30, "a new process")
+    assert replaced
+    job = wait_until(lambda: (j := node.store.latest_job(series_uid(files[0]))) and j.status != "received" and j,
+                     30, "the cut-short series judged")
+    assert job.status == "skipped" and job.reason == "incomplete_series" and job.instance_count == 4
+    assert "cut short" in job.error
+    # the acknowledged instances are in the spool; the series sent whole is measured
+    assert send_files(files, settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
+    job = wait_until(lambda: (j := node.store.latest_job(series_uid(files[0]))) and j.version == 2
+                     and j.status != "received" and j, 30, "the second version")
+    assert job.status == "queued" and job.instance_count == 8 and queued == [job.id]
+
+
+def test_a_caller_rejected_by_a_listener_process_is_audited_by_the_node(node_factory, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    settings, node, _ = node_factory(processes=2)
+    for pid in pool(node).pids:
+        with only(node, pid):
+            ae = AE(ae_title="INTRUDER")
+            ae.add_requested_context(Verification)
+            assert not ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title).is_established
+    rows = wait_until(lambda: len(r := node.access.audit_entries(action="association_rejected")) == 2 and r, 20,
+                      "two audit rows")
+    assert {row.actor for row in rows} == {"INTRUDER"} and all(row.outcome == "denied" for row in rows)
+
+
+def test_one_port_one_node_even_with_listener_processes(node_factory):
+    settings, node, _ = node_factory(processes=2)
+    second = Node(settings.with_(data_dir=settings.data_dir.parent / "second"), enqueue=lambda job_id: None)
+    with pytest.raises(Exception, match="cannot listen on"):
+        second.start()
+    second.stop()
+    with socket.create_connection(("127.0.0.1", settings.port), timeout=5):
+        pass  # the first still listens
+
+
+def test_one_process_runs_the_listener_inside_the_node(node_factory, tmp_path):
+    settings, node, queued = node_factory(processes=1)
+    assert not isinstance(node.scp, ListenerPool)
+    files = write_series(tmp_path / "src", "inside", slices=4)
+    assert send_files(files, settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
+    job = wait_until(lambda: node.store.latest_job(series_uid(files[0])), 30, "the job")
+    assert job.instance_count == 4 and queued == [job.id]
