@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only ingest,latency,inference,throughput]`: run the
+"""`python -m bench [--quick] [--only ingest,dicomweb,latency,inference,ensemble,throughput]`: run the
 benchmarks, print a table, write bench/results.json (machine, versions, every figure)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-PARTS = ("ingest", "dicomweb", "latency", "inference", "throughput")
+PARTS = ("ingest", "dicomweb", "latency", "inference", "ensemble", "throughput")
 
 
 def machine() -> dict:
@@ -63,6 +63,10 @@ def main() -> int:
         from bench import inference
 
         figures["inference"] = inference.run(2 if args.quick else 5)
+    if "ensemble" in parts:
+        from bench import ensemble
+
+        figures["ensemble"] = ensemble.run(2 if args.quick else 3)
     if "throughput" in parts:
         from bench import latency
 
@@ -80,13 +84,17 @@ def print_table(report: dict) -> None:
     print(f"machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}; {m['dcmtk']}")
     if "ingest" in f:
         i = f["ingest"]
-        print(f"\ningest ({i['instances']} instances {i['size']}; median of {i['node_1_assoc']['runs']} runs)")
-        print(f"{'':<24}{'node /s':>10}{'storescp /s':>13}{'ratio':>8}{'pynetdicom bare /s':>20}{'ratio':>8}")
-        for n in (1, 4):
-            print(f"{f'{n} association(s)':<24}{i[f'node_{n}_assoc']['median']:>10.0f}"
-                  f"{i[f'storescp_{n}_assoc']['median']:>13.0f}{i[f'ratio_{n}_assoc']:>8.2f}"
-                  f"{i[f'pynetdicom_bare_{n}_assoc']['median']:>20.0f}{i[f'bare_ratio_{n}_assoc']:>8.2f}")
-        print("  (pynetdicom bare: an SCP that answers success and stores nothing: the ceiling of any pynetdicom node)")
+        print(f"\ningest ({i['instances']} instances {i['size']}; node with {i['listener_processes']} listener "
+              f"processes; median of {i['node_1_assoc']['runs']} runs, instances/s)")
+        print(f"{'':<18}{'node':>8}{'storescp':>10}{'ratio':>7}{'Orthanc':>9}{'ratio':>7}{'pynetdicom bare':>17}{'ratio':>7}")
+        for n in (1, 2, 4):
+            print(f"{f'{n} association(s)':<18}{i[f'node_{n}_assoc']['median']:>8.0f}"
+                  f"{i[f'storescp_{n}_assoc']['median']:>10.0f}{i[f'ratio_to_storescp_{n}_assoc']:>7.2f}"
+                  f"{i[f'orthanc_{n}_assoc']['median']:>9.0f}{i[f'ratio_to_orthanc_{n}_assoc']:>7.2f}"
+                  f"{i[f'pynetdicom_bare_{n}_assoc']['median']:>17.0f}{i[f'ratio_to_pynetdicom_bare_{n}_assoc']:>7.2f}")
+        print("  scaling at 4 associations, listener processes: "
+              + ", ".join(f"{k}: {v:.0f}/s" for k, v in i["scaling_4_assoc"].items()))
+        print("  (pynetdicom bare: an SCP that answers success and stores nothing: one process's ceiling)")
     if "dicomweb" in f:
         w = f["dicomweb"]
         print(f"\nDICOMweb ({w['instances']} instances, {w['batch']} a STOW-RS request; median of "
@@ -112,6 +120,22 @@ def print_table(report: dict) -> None:
                       f"{v['same_argmax_fraction']:>13.4f}")
         for runtime, v in inf["startup"].items():
             print(f"  start-up {runtime}: {v['seconds']:.2f} s, {v['peak_rss_mib']:.0f} MiB")
+    if "ensemble" in f:
+        e = f["ensemble"]
+        print(f"\nensemble, a {e['slices']}-slice {e['size']}x{e['size']} series (seconds per series, peak RSS MiB; "
+              "fresh process each)")
+        print(f"  {'members':<22}{'passes':>7}{'TF batched':>12}{'RSS':>7}{'TF one by one':>15}{'ratio':>7}"
+              f"{'ONNX Runtime':>14}{'RSS':>7}{'ratio':>7}")
+        for name, row in e["configurations"].items():
+            b = row["tensorflow_batched"]
+            line = (f"  {name.replace('_', ' '):<22}{row['passes']:>7}{b['seconds_per_series']['median']:>12.2f}"
+                    f"{b['peak_rss_mib']:>7.0f}")
+            if "onnxruntime" in row:
+                one, ort = row["tensorflow_one_by_one"], row["onnxruntime"]
+                line += (f"{one['seconds_per_series']['median']:>15.2f}{one['ratio_to_tensorflow_batched']:>7.2f}"
+                         f"{ort['seconds_per_series']['median']:>14.2f}{ort['peak_rss_mib']:>7.0f}"
+                         f"{ort['ratio_to_tensorflow_batched']:>7.2f}")
+            print(line)
     for run in f.get("throughput", []):
         print(f"\nthroughput with {run['inference_workers']} inference worker(s): {run['series_per_minute']:.1f} series/min "
               f"({run['series']} series); inference worker peak RSS {run['worker_peak_rss_mib']:.0f} MiB")

@@ -1,13 +1,16 @@
 """Ingest: instances per second that DCMTK `storescu` gets stored by the node's listener
 (`lumbarnode listen`: allow-list, spool written through fsync + rename, series assembly),
-against DCMTK `storescp` writing the same files into a folder, in the same run, and against
-pynetdicom's own ceiling (an SCP whose handler only answers success: bench/bare_scp.py),
-which says how much of the gap is pynetdicom's and how much the node's. One association
-with 300 single-frame 320x320 MR instances, and 4 parallel associations; the receivers
-take turns in every repeat so that a busy moment of the machine hits them alike."""
+against DCMTK `storescp` writing the same files into a folder (`--fork` for parallel
+senders), Orthanc (Debian's, storing into its own index), and pynetdicom's own ceiling (an
+SCP whose handler only answers success: bench/bare_scp.py), all in the same run. 300
+single-frame 320x320 MR instances over 1, 2 and 4 parallel associations; the node with its
+default listener processes (one per core), and at 4 associations also with 1 .. cores
+processes: the scaling. The receivers take turns in every repeat so that a busy moment of
+the machine hits them alike."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import DCMTK_ENV, free_port, start_node, stop, summary, tool, wait_for_port
+from bench.common import DCMTK_ENV, free_port, start_node, stop, summary, tool, wait_for, wait_for_port
 from dicom_io.mr_writer import MRSeriesInfo, write_mr_series
+from dicom_io.scu import echo
+from tests.helpers.orthanc import Orthanc
 
 INSTANCES = 300
 
@@ -48,51 +53,72 @@ def send(files: list[Path], port: int, called: str, parallel: int) -> float:
 
 
 def one_run(receiver: str, parallel: int, work: Path, run: int) -> float:
+    """Instances/s into `receiver`: storescp, orthanc, pynetdicom_bare, or node_p<processes>."""
     files = make_instances(work / "src", f"bench-ingest-{receiver}-{parallel}-{run}")
     port = free_port()
     out = work / "received"
     out.mkdir()
+    orthanc = None
     if receiver == "storescp":
         process = subprocess.Popen([tool("storescp"), "-aet", "PEER", "-od", str(out), *(["--fork"] if parallel > 1 else []),
                                     str(port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         called = "PEER"
+    elif receiver == "orthanc":
+        orthanc = Orthanc(out / "orthanc")  # started and answering before it returns
+        port, called, process = orthanc.dicom_port, "ORTHANC", None
     elif receiver == "pynetdicom_bare":
         process = subprocess.Popen([sys.executable, "-m", "bench.bare_scp", str(port)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         called = "BARE"
     else:
         env = {"LUMBARNODE_DATA_DIR": str(out), "LUMBARNODE_PORT": str(port), "LUMBARNODE_HOST": "127.0.0.1",
-               "LUMBARNODE_ALLOWED_CALLERS": "STORESCU", "LUMBARNODE_QUIET_PERIOD_S": "60"}
+               "LUMBARNODE_ALLOWED_CALLERS": "STORESCU", "LUMBARNODE_QUIET_PERIOD_S": "60",
+               "LUMBARNODE_LISTENER_PROCESSES": receiver.removeprefix("node_p")}
         process = start_node("listen", env, work / "listen.log")
         called = "LUMBARNODE"
     try:
         wait_for_port(port)
+        if receiver.startswith("node"):  # its listener processes take associations, not only its socket
+            wait_for(lambda: echo(called, "127.0.0.1", port, calling_ae="STORESCU", timeout_s=5), 60, "an echo")
         seconds = send(files, port, called, parallel)
+        if orthanc is not None:
+            stored = orthanc.get("/statistics")["CountInstances"]
     finally:
-        stop(process)
-    stored = sum(1 for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".db"
-                 and "-wal" not in p.name and "-shm" not in p.name)
+        if orthanc is not None:
+            orthanc.stop()
+        if process is not None:
+            stop(process)
+    if orthanc is None:
+        stored = sum(1 for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".db"
+                     and "-wal" not in p.name and "-shm" not in p.name)
     if receiver != "pynetdicom_bare" and stored < len(files):
         raise RuntimeError(f"{receiver}: {stored} of {len(files)} instances stored")
     return len(files) / seconds
 
 
-RECEIVERS = ("storescp", "pynetdicom_bare", "node")
+PARALLEL = (1, 2, 4)
 
 
 def run(repeats: int = 3) -> dict:
-    results: dict[str, dict] = {}
-    for parallel in (1, 4):
-        rates: dict[str, list[float]] = {receiver: [] for receiver in RECEIVERS}
+    cores = os.cpu_count() or 1
+    default = f"node_p{cores}"  # LISTENER_PROCESSES' default: one per core
+    results: dict[str, dict | float | int] = {"cores": cores}
+    for parallel in PARALLEL:
+        receivers = ["storescp", "orthanc", "pynetdicom_bare", default]
+        if parallel == max(PARALLEL):
+            receivers += [f"node_p{n}" for n in range(1, cores) if n <= 4]  # the scaling, 1 .. cores
+        rates: dict[str, list[float]] = {receiver: [] for receiver in receivers}
         for k in range(repeats):
-            for receiver in RECEIVERS if k % 2 == 0 else reversed(RECEIVERS):
+            for receiver in receivers if k % 2 == 0 else reversed(receivers):
                 with tempfile.TemporaryDirectory(prefix="lumbarnode-bench-") as work:
                     rates[receiver].append(one_run(receiver, parallel, Path(work), k))
-        for receiver in RECEIVERS:
-            results[f"{receiver}_{parallel}_assoc"] = summary(rates[receiver])
-        node, peer = results[f"node_{parallel}_assoc"]["median"], results[f"storescp_{parallel}_assoc"]["median"]
-        bare = results[f"pynetdicom_bare_{parallel}_assoc"]["median"]
-        results[f"ratio_{parallel}_assoc"] = node / peer
-        results[f"bare_ratio_{parallel}_assoc"] = bare / peer
+        for receiver in receivers:
+            name = "node" if receiver == default else receiver
+            results[f"{name}_{parallel}_assoc"] = summary(rates[receiver])
+        node = results[f"node_{parallel}_assoc"]["median"]
+        for peer in ("storescp", "orthanc", "pynetdicom_bare"):
+            results[f"ratio_to_{peer}_{parallel}_assoc"] = node / results[f"{peer}_{parallel}_assoc"]["median"]
+    results["scaling_4_assoc"] = {n: (results[f"node_p{n}_4_assoc"] if n != cores else results["node_4_assoc"])["median"]
+                                  for n in range(1, min(cores, 4) + 1)}
     return {"instances": INSTANCES, "size": "320x320 uint16, explicit VR little endian",
-            "unit": "instances/s", **results}
+            "listener_processes": cores, "unit": "instances/s", **results}

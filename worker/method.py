@@ -85,10 +85,16 @@ class Models:
     @classmethod
     def load(cls, settings: Settings) -> Models:
         classifier_path = settings.weights(settings.classifier_model)
-        return cls(
+        models = cls(
             segmenter=Ensemble.load(settings.segmentation_weights()),
             classifier=LordosisClassifier(classifier_path) if classifier_path.is_file() else None,
         )
+        # traced now, not in the first job (about a second per graph on a CPU)
+        blank = np.zeros((1, 64, 64), np.float32)
+        models.segmenter.member_probabilities(blank)
+        if models.classifier is not None:
+            models.classifier.probabilities(blank[0])
+        return models
 
     def used(self) -> ModelsUsed:
         members = self.segmenter.members

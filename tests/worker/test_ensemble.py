@@ -148,3 +148,18 @@ def test_a_flip_member_reuses_the_loaded_network_on_mirrored_slices():
     slices = np.random.default_rng(0).integers(0, 255, (2, 96, 80)).astype(np.float32)
     np.testing.assert_allclose(mirrored.probabilities(slices), plain.probabilities(slices[..., ::-1])[:, :, ::-1])
     assert ensemble.info.sha256 != Ensemble.load([weights, weights]).info.sha256  # a mirror is another member
+
+
+def test_the_members_and_their_mirrors_in_one_call_give_each_members_own_probabilities():
+    """One traced call per batch runs every member (bench/ensemble.py: the cost); it gives what
+    each member gives alone, mirrored members included."""
+    from pipeline.inference import Ensemble
+
+    weights = MODELS / "unet_4class.weights.h5"
+    ensemble = Ensemble.load([weights, f"{weights}:flip"])
+    slices = np.random.default_rng(1).integers(0, 4095, (11, 120, 96)).astype(np.float32)  # two batches
+    together, alone = ensemble.member_probabilities(slices), ensemble.members_one_by_one(slices)
+    assert len(together) == 2 and together[0].shape == (11, 120, 96, 4)
+    for mine, theirs in zip(together, alone):
+        np.testing.assert_allclose(mine, theirs, atol=2e-5)
+    assert not np.allclose(together[0], together[1], atol=1e-3)  # the mirror is another opinion
