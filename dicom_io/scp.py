@@ -386,7 +386,9 @@ class StorageSCP:
         server_class = type("SharedSocketServer", (_SharedSocketServer,), {"listening": listening})
         self._server = self.ae.make_server(listening.getsockname(), evt_handlers=handlers, ssl_context=tls,
                                            server_class=server_class)
-        threading.Thread(target=self._server.serve_forever, name="SharedAcceptor", daemon=True).start()
+        # a short poll: a listener process told to stop frees the shared port at once
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="SharedAcceptor",
+                         daemon=True).start()
 
     @property
     def port(self) -> int:
