@@ -100,6 +100,7 @@ def build_mr_datasets(
     spacing_between = float(np.median(np.diff(slice_positions_mm))) if len(slice_positions_mm) > 1 else None
     study_uid, series_uid = info.uid("study"), info.uid("series")
     when = info.acquired
+    window = _window(volume)  # one window for the series, computed once (not per slice)
     datasets = []
     for index, (slice_values, position) in enumerate(zip(volume, slice_positions_mm)):
         grid = in_plane.grid_to_source(canonical_grid(volume.shape[1:], pixel_spacing_mm, float(position)))
@@ -154,7 +155,7 @@ def build_mr_datasets(
         ds.HighBit = bits_stored - 1
         ds.PixelRepresentation = 0
         ds.PixelData = pixels.astype("<u2").tobytes()
-        ds.WindowCenter, ds.WindowWidth = _window(volume)
+        ds.WindowCenter, ds.WindowWidth = window
         # MR Image
         ds.ScanningSequence = "SE"
         ds.SequenceVariant = ["SK", "SP"]
