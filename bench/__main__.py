@@ -37,40 +37,46 @@ def _installed(name: str) -> bool:
         return False
 
 
+def _run_part(part: str, quick: bool):
+    repeats = 1 if quick else 3
+    if part == "ingest":
+        from bench import ingest
+
+        return ingest.run(repeats)
+    if part == "dicomweb":
+        from bench import dicomweb
+
+        return dicomweb.run(repeats)
+    if part == "latency":
+        from bench import latency
+
+        return [latency.latency(b, 2 if quick else 5) for b in ("embedded", "postgresql+redis")]
+    if part == "inference":
+        from bench import inference
+
+        return inference.run(2 if quick else 5)
+    if part == "ensemble":
+        from bench import ensemble
+
+        return ensemble.run(2 if quick else 3)
+    from bench import latency  # throughput
+
+    return [latency.throughput(n, 3 if quick else 6) for n in (1, 2)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, not for reporting)")
     args = parser.parse_args()
     parts = args.only.split(",")
-    repeats = 1 if args.quick else 3
     report: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "figures": {}}
     figures = report["figures"]
     started = time.perf_counter()
-    if "ingest" in parts:
-        from bench import ingest
-
-        figures["ingest"] = ingest.run(repeats)
-    if "dicomweb" in parts:
-        from bench import dicomweb
-
-        figures["dicomweb"] = dicomweb.run(repeats)
-    if "latency" in parts:
-        from bench import latency
-
-        figures["latency"] = [latency.latency(b, 2 if args.quick else 5) for b in ("embedded", "postgresql+redis")]
-    if "inference" in parts:
-        from bench import inference
-
-        figures["inference"] = inference.run(2 if args.quick else 5)
-    if "ensemble" in parts:
-        from bench import ensemble
-
-        figures["ensemble"] = ensemble.run(2 if args.quick else 3)
-    if "throughput" in parts:
-        from bench import latency
-
-        figures["throughput"] = [latency.throughput(n, 3 if args.quick else 6) for n in (1, 2)]
+    for part in (p for p in PARTS if p in parts):
+        figures[part] = _run_part(part, args.quick)
+        # written after every part: a later part that fails keeps the figures already measured
+        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     report["seconds"] = time.perf_counter() - started
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)

@@ -99,7 +99,7 @@ def _onnx(members: list[str], path: Path) -> None:
 
     ensemble = Ensemble.load(members)
     forward = _members_at_once(ensemble.members, 256)
-    spec = (tf.TensorSpec([None, 256, 256, 1], tf.float32, name="x"),)
+    spec = forward.input_signature  # the traced signature itself: tf2onnx must not retrace it
     tf2onnx.convert.from_function(forward, input_signature=spec, opset=17, output_path=str(path))
 
 
