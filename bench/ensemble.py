@@ -92,7 +92,6 @@ def _members(folder: Path, count: int) -> list[str]:
 
 
 def _onnx(members: list[str], path: Path) -> None:
-    import tensorflow as tf
     import tf2onnx
 
     from pipeline.inference import Ensemble, _members_at_once

@@ -26,9 +26,10 @@ are read from it (pydicom parses lazily, nothing else is decoded).
   accept loop, where a caller that connects and sends nothing would block every other caller
   for good. A failed handshake (no or untrusted client certificate, plain TCP) is logged
   with the peer's address and closes that connection only.
-- Several listener processes may accept from one listening socket (worker/listeners.py):
-  `start(..., listening=sock)` serves that socket, never shuts it down (that would close it
-  for every process), and numbers its associations from `first_association`.
+- Several listener processes may share one port (worker/listeners.py): the node accepts and
+  hands each connection to one of them, which serves it with `take(connection, done)` after
+  `start_taking()` (no socket of its own), numbering its associations from
+  `first_association`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import os
 import re
 import shutil
 import socket
-import socketserver
 import ssl
 import tempfile
 import threading
@@ -50,7 +50,7 @@ from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
 
 log = logging.getLogger("lumbarnode.scp")
@@ -366,8 +366,8 @@ class StorageSCP:
 
     # --- server ---------------------------------------------------------------------------
 
-    def start(self, host: str, port: int, listening: socket.socket | None = None) -> None:
-        """Listen on host:port, or accept from `listening`, a socket already bound and listening."""
+    def start(self, host: str, port: int, taking: bool = False) -> None:
+        """Listen on host:port."""
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_RELEASED, self._handle_released),
@@ -379,16 +379,20 @@ class StorageSCP:
         if self.ssl_context is not None:
             handlers.append((evt.EVT_CONN_OPEN, self._handle_tls_open))
             tls = cast(ssl.SSLContext, _HandshakeLater(self.ssl_context))  # pynetdicom only calls wrap_socket
-        if listening is None:
+        if not taking:
             self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
             return
-        listening.setblocking(False)  # another process may take the connection this one was woken for
-        server_class = type("SharedSocketServer", (_SharedSocketServer,), {"listening": listening})
-        self._server = self.ae.make_server(listening.getsockname(), evt_handlers=handlers, ssl_context=tls,
-                                           server_class=server_class)
-        # a short poll: a listener process told to stop frees the shared port at once
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="SharedAcceptor",
-                         daemon=True).start()
+        self._server = self.ae.make_server((host, port), evt_handlers=handlers, ssl_context=tls,
+                                           server_class=_TakingServer, request_handler=_UntilReleased)
+
+    def start_taking(self) -> None:
+        """Serve connections accepted by another process and handed over (`take`), no socket
+        of its own."""
+        self.start("127.0.0.1", 0, taking=True)
+
+    def take(self, connection: socket.socket, done: Callable[[], None]) -> None:
+        """Serve one accepted connection in its own thread; `done()` when it has closed."""
+        self._server.take(connection, done)
 
     @property
     def port(self) -> int:
@@ -396,30 +400,49 @@ class StorageSCP:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            if not isinstance(self._server, _TakingServer):  # it never listened: nothing to shut down
+                self._server.shutdown()
             self._server = None
 
 
-class _SharedSocketServer(ThreadedAssociationServer):
-    """pynetdicom's server on a listening socket shared with other processes: it adopts the
-    socket instead of binding one, and on shutdown only closes its own descriptor."""
+class _TakingServer(ThreadedAssociationServer):
+    """pynetdicom's server without a socket: it serves connections another process accepted,
+    each as its own accept loop would have (wrapped for TLS, one handler thread)."""
 
-    listening: socket.socket
+    daemon_threads = True  # a listener process told to stop does not wait for its associations
+    block_on_close = False
 
     def server_bind(self) -> None:
-        self.socket.close()  # the one socketserver made
-        self.socket = self.listening
-        self.server_address = self.socket.getsockname()
+        self.done: dict[int, Callable[[], None]] = {}
+        self.socket.close()  # the one socketserver made: this server never listens
+        self.server_address = ("127.0.0.1", 0)
 
     def server_activate(self) -> None:
-        pass  # listening already
+        pass
 
     def server_close(self) -> None:
-        self.socket.close()  # never shutdown(): that would stop the socket for every process
+        pass
 
-    def shutdown(self) -> None:
-        socketserver.BaseServer.shutdown(self)  # pynetdicom's also unregisters from AE._servers, where
-        self.server_close()  # start_server puts its servers and make_server does not
+    def take(self, connection: socket.socket, done: Callable[[], None]) -> None:
+        peer = connection.getpeername()  # before wrapping: the TLS socket takes the descriptor over
+        request = self.ssl_context.wrap_socket(connection, server_side=True) if self.ssl_context else connection
+        self.done[id(request)] = done  # called by _UntilReleased
+        self.service_actions()  # pynetdicom's collection of ended association threads
+        self.process_request(request, peer)
+
+
+class _UntilReleased(RequestHandler):
+    """pynetdicom's handler (the association in its own thread), waiting for the association
+    to end, so that the process that handed the connection over learns it has closed."""
+
+    def handle(self) -> None:
+        try:
+            association = self._create_association()
+            evt.trigger(association, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            association.start()
+            association.join()
+        finally:
+            self.server.done.pop(id(self.request))()
 
 
 class _HandshakeLater:

@@ -2,17 +2,22 @@
 
 One Python process holds the GIL for every association it serves, so the node binds its
 port once (a second node on the same port fails as before: no SO_REUSEPORT) and starts
-`LISTENER_PROCESSES` child processes that accept from that one socket, each a
-`dicom_io.scp.StorageSCP`. A child writes every instance to the spool durably before it
-answers success, exactly as in one process, then tells the node on its own socketpair, one
-JSON line per event: stored, association ended, refused, rejected. The node keeps the one
-series assembler, so a series whose instances arrive on different processes is still seen
-once.
+`LISTENER_PROCESSES` child processes, each a `dicom_io.scp.StorageSCP` without a socket of
+its own. The node accepts every connection and hands it (SCM_RIGHTS, on the child's
+socketpair) to the child serving the fewest: children sharing the listening socket would
+race for each connection, and one busy child took all four of four parallel associations in
+a measurement. A child writes every instance to the spool durably before it answers success,
+exactly as in one process, then tells the node on the same socketpair, one JSON line per
+event: stored, association ended, refused, rejected, connection closed. The node keeps the
+one series assembler, so a series whose instances arrive on different processes is still
+seen once.
 
 A child that dies (killed, out of memory) is started again; the associations it held end as
 not released (their series wait for the rest, as for any cut-short transfer), and an
 instance it stored but could not report is in the spool, where `recover` finds it at the
-next start. Children leave when the node does: their socketpair closes.
+next start. Children leave when the node does: their socketpair closes. Connections accepted
+while no child is ready are closed at once (the sender sees the connection refused and sends
+again), never queued unserved.
 
 With one process (`LISTENER_PROCESSES=1`) the listener runs inside the node, no children.
 """
@@ -40,6 +45,7 @@ from worker.settings import Settings
 log = logging.getLogger("lumbarnode.listeners")
 READY_TIMEOUT_S = 60.0
 RESTART_DELAY_S = 1.0  # a child that dies at once is not restarted in a tight loop
+ACCEPT_POLL_S = 0.05  # how soon the accept loop sees that the node stops
 ASSOCIATIONS_PER_CHILD = 1 << 40  # each child start numbers its associations in its own block
 
 
@@ -77,6 +83,7 @@ class _Child:
     ready: threading.Event = field(default_factory=threading.Event)
     reader: threading.Thread | None = None
     open_associations: set[int] = field(default_factory=set)
+    connections: int = 0  # handed over and not yet closed
 
 
 class ListenerPool:
@@ -90,6 +97,7 @@ class ListenerPool:
         self._socket: socket.socket | None = None
         self._children: list[_Child] = []
         self._starts = 0
+        self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
 
@@ -102,6 +110,7 @@ class ListenerPool:
         except OSError:
             listening.close()
             raise
+        listening.settimeout(ACCEPT_POLL_S)
         self._socket = listening
         self._children = [self._spawn(slot) for slot in range(self.processes)]
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -109,7 +118,9 @@ class ListenerPool:
             if not child.ready.wait(max(0.0, deadline - time.monotonic())):
                 log.warning("listener process %d (pid %d) not ready after %.0f s", child.slot, child.process.pid,
                             READY_TIMEOUT_S)
-        log.info("%d listener processes accept on %s:%d", self.processes, host, self.port)
+        self._acceptor = threading.Thread(target=self._accept, name="listener-accept", daemon=True)
+        self._acceptor.start()
+        log.info("%d listener processes serve %s:%d", self.processes, host, self.port)
 
     @property
     def port(self) -> int:
@@ -119,8 +130,16 @@ class ListenerPool:
     def pids(self) -> list[int]:
         return [child.process.pid for child in self._children]
 
+    @property
+    def connections(self) -> dict[int, int]:
+        """Connections each child (by pid) serves now."""
+        with self._lock:
+            return {child.process.pid: child.connections for child in self._children}
+
     def stop(self) -> None:
         self._stopping.set()
+        if self._acceptor is not None:
+            self._acceptor.join()
         for child in self._children:
             if child.process.poll() is None:
                 child.process.terminate()
@@ -141,15 +160,43 @@ class ListenerPool:
             self._starts += 1
             first_association = self._starts * ASSOCIATIONS_PER_CHILD
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-m", "worker.listeners", "--listening-fd", str(self._socket.fileno()),
-                   "--events-fd", str(theirs.fileno()), "--first-association", str(first_association)]
-        process = subprocess.Popen(command, pass_fds=(self._socket.fileno(), theirs.fileno()),
+        command = [sys.executable, "-m", "worker.listeners", "--events-fd", str(theirs.fileno()),
+                   "--first-association", str(first_association)]
+        process = subprocess.Popen(command, pass_fds=(theirs.fileno(),),
                                    env={**os.environ, **self.settings.environment()})
         theirs.close()
         child = _Child(slot, process, ours)
         child.reader = threading.Thread(target=self._read, args=(child,), name=f"listener-{slot}-events", daemon=True)
         child.reader.start()
         return child
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, peer = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:  # out of descriptors, say: the next connection may fare better
+                log.error("accepting a connection failed: %s", exc)
+                time.sleep(ACCEPT_POLL_S)
+                continue
+            with connection:  # the node's copy is closed once the child has its own
+                self._hand_over(connection, peer[0])
+
+    def _hand_over(self, connection: socket.socket, peer_host: str) -> None:
+        """To the ready child serving the fewest connections (the first of them on a tie)."""
+        with self._lock:
+            children = sorted((c for c in self._children if c.ready.is_set() and c.process.poll() is None),
+                              key=lambda c: c.connections)
+        for child in children:
+            try:
+                socket.send_fds(child.events, [b"c"], [connection.fileno()])
+            except OSError:  # it died since: the next one
+                continue
+            with self._lock:
+                child.connections += 1
+            return
+        log.error("no listener process ready: connection from %s closed", peer_host)
 
     def _read(self, child: _Child) -> None:
         with child.events.makefile("r", encoding="utf-8") as lines:
@@ -180,6 +227,9 @@ class ListenerPool:
         elif kind == "ended":
             child.open_associations.discard(event["association"])
             self.handlers.association_ended(event["association"], event["released"])
+        elif kind == "closed":
+            with self._lock:
+                child.connections = max(0, child.connections - 1)
         elif kind == "refused":
             self.handlers.refused(event["sop_instance_uid"], event["reason"])
         elif kind == "rejected":
@@ -227,7 +277,6 @@ class _Events:
 def child_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.listeners", description="a listener process of the node "
                                      "(started by it, not by hand)")
-    parser.add_argument("--listening-fd", type=int, required=True)
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--first-association", type=int, required=True)
     args = parser.parse_args(argv)
@@ -240,22 +289,32 @@ def child_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: gone.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops its children
     scp = make_scp(settings, events.handlers(), args.first_association)
-    scp.start(settings.host, settings.port, listening=socket.socket(fileno=args.listening_fd))
-    threading.Thread(target=_watch_node, args=(events.sock, gone), daemon=True).start()
+    scp.start_taking()
+    threading.Thread(target=_take_connections, args=(events, scp), daemon=True).start()
     events.send("ready", pid=os.getpid())
     gone.wait()
     scp.stop()
     return 0
 
 
-def _watch_node(sock: socket.socket, gone: threading.Event) -> None:
-    """The node never writes to its children: end of file means it has gone."""
+def _take_connections(events: _Events, scp: StorageSCP) -> None:
+    """Connections the node accepted, one descriptor a message; end of file: the node has gone."""
     try:
-        while sock.recv(1):
-            pass
+        while True:
+            message, descriptors, _, _ = socket.recv_fds(events.sock, 64, 16)
+            if not message:
+                break
+            for descriptor in descriptors:
+                connection = socket.socket(fileno=descriptor)
+                try:
+                    scp.take(connection, lambda: events.send("closed"))
+                except Exception:  # this connection only (its peer gone already, say)
+                    log.exception("a connection handed over could not be served")
+                    connection.close()
+                    events.send("closed")
     except OSError:
-        pass
-    gone.set()
+        log.exception("connections from the node")
+    events.gone.set()
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ callers are audited by the node whichever process turned them away.
 
 The real node (`worker.node.Node`) runs in this process with real child processes and real
 associations (pynetdicom, DCMTK's storescu); the Celery queue is a list of job ids (a
-stand-in: the queue is tested in test_node.py). Which process takes a connection is the
-kernel's choice; the tests decide it by stopping the others (SIGSTOP) for a moment.
+stand-in: the queue is tested in test_node.py). The node hands each connection to the child
+serving the fewest (the first on a tie); the tests decide which child takes one by holding
+an association open on each of the others.
 """
 
 from __future__ import annotations
@@ -61,17 +62,38 @@ def pool(node: Node) -> ListenerPool:
     return node.scp
 
 
+def idle(node: Node) -> None:
+    wait_until(lambda: not any(pool(node).connections.values()), 20, "every connection closed")
+
+
+def hold(settings: Settings):
+    """An open association from PACS (C-ECHO only), as a PACS keeps one between studies."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+    assert assoc.is_established
+    return assoc
+
+
 @contextmanager
-def only(node: Node, pid: int):
-    """Every other listener process stopped (SIGSTOP) meanwhile: `pid` takes the connections."""
-    others = [p for p in pool(node).pids if p != pid]
-    for other in others:
-        os.kill(other, signal.SIGSTOP)
+def only(node: Node, settings: Settings, pid: int):
+    """Every other listener process serving one held association meanwhile: the node hands the
+    next connections to `pid`, the only one serving none."""
+    idle(node)
+    held = {}
+    for child in pool(node).pids:  # one each, in the children's order (the fewest, the first on a tie)
+        held[child] = hold(settings)
+        wait_until(lambda: pool(node).connections[child] == 1, 10, "the association handed over")
+    held.pop(pid).release()
+    wait_until(lambda: pool(node).connections[pid] == 0, 10, "its connection closed")
     try:
         yield
     finally:
-        for other in others:
-            os.kill(other, signal.SIGCONT)
+        for assoc in held.values():
+            assoc.release()
 
 
 def recorded_associations(node: Node) -> list[int]:
@@ -94,9 +116,9 @@ def test_a_series_sent_to_two_listener_processes_makes_one_job(node_factory, tmp
     seen = recorded_associations(node)
     files = write_series(tmp_path / "src", "split", slices=12)
     first, second = pool(node).pids
-    with only(node, first):
+    with only(node, settings, first):
         assert send_files(files[:6], settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
-    with only(node, second):
+    with only(node, settings, second):
         assert send_files(files[6:], settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
     job = wait_until(lambda: (j := node.store.latest_job(series_uid(files[0]))) and j, 30, "the job")
     assert job.status == "queued" and job.instance_count == 12 and queued == [job.id]
@@ -120,7 +142,7 @@ def test_a_killed_listener_process_is_replaced_and_its_transfer_is_cut_short(nod
     victim = pool(node).pids[0]
     ae = AE(ae_title="PACS")
     ae.add_requested_context(MRImageStorage)
-    with only(node, victim):
+    with only(node, settings, victim):
         assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
         assert assoc.is_established
         for path in files[:4]:
@@ -146,13 +168,33 @@ def test_a_caller_rejected_by_a_listener_process_is_audited_by_the_node(node_fac
 
     settings, node, _ = node_factory(processes=2)
     for pid in pool(node).pids:
-        with only(node, pid):
+        with only(node, settings, pid):
             ae = AE(ae_title="INTRUDER")
             ae.add_requested_context(Verification)
             assert not ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title).is_established
     rows = wait_until(lambda: len(r := node.access.audit_entries(action="association_rejected")) == 2 and r, 20,
                       "two audit rows")
     assert {row.actor for row in rows} == {"INTRUDER"} and all(row.outcome == "denied" for row in rows)
+
+
+def test_parallel_associations_are_spread_over_the_listener_processes(node_factory, tmp_path):
+    """Four senders at once on two processes: two each (the node hands each connection to the
+    child serving the fewest; children racing for a shared socket gave one of them all four)."""
+    settings, node, queued = node_factory(processes=2)
+    seen = recorded_associations(node)
+    series = [write_series(tmp_path / f"src{k}", f"spread{k}", slices=20) for k in range(4)]
+    idle(node)
+    senders = [subprocess.Popen([require_tool("storescu"), "-aet", "STORESCU", "-aec", settings.ae_title, "127.0.0.1",
+                                 str(settings.port), *map(str, files)], env=DCMTK_ENV, stderr=subprocess.PIPE)
+               for files in series]
+    assert all(p.wait(timeout=120) == 0 for p in senders)
+    wait_until(lambda: len(seen) == 80, 20, "every instance reported")
+    by_process: dict[int, set[int]] = {}
+    for association in seen:
+        by_process.setdefault(association // ASSOCIATIONS_PER_CHILD, set()).add(association)
+    assert sorted(len(associations) for associations in by_process.values()) == [2, 2], by_process
+    jobs = wait_until(lambda: len(queued) == 4 and queued, 30, "four jobs")
+    assert len(set(jobs)) == 4
 
 
 def test_one_port_one_node_even_with_listener_processes(node_factory):
