@@ -3,8 +3,8 @@
 Small pynetdicom event handlers on one AE. Each instance is written to
 `<spool>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` through a temporary file, flushed to
 disk and renamed, before the success status goes back: a success means the instance is on
-disk. The encoded dataset is written as received; only the few elements needed for the path
-are read from it (pydicom parses lazily, nothing else is decoded).
+disk. The encoded dataset is written as received, behind file meta encoded directly; only
+its first elements, up to the UIDs of the path, are parsed (dicom_io/part10.py).
 
 - Calling AE titles not in the allow-list are rejected at association time (pynetdicom's
   `require_calling_aet`), and so is a wrong called AE title. An empty allow-list rejects
@@ -50,8 +50,10 @@ from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from dicom_io.part10 import file_meta, leading_uids
 
 log = logging.getLogger("lumbarnode.scp")
 
@@ -306,9 +308,12 @@ class StorageSCP:
         if self.allowed_callers is not None and calling_ae not in self.allowed_callers:
             self._on_refused(affected_uid, "caller_not_allowed")
             return _status(NOT_AUTHORIZED, f"calling AE title {calling_ae!r} is not an allowed caller")
+        received = event.request.DataSet.getvalue()  # the dataset's bytes as sent, never re-encoded
+        syntax = str(event.context.transfer_syntax)
         outcome = store_instance(
-            self.spool, self.min_free_bytes, sop_class, lambda: header_uids(event.dataset),
-            lambda: event.encoded_dataset(include_meta=True), calling_ae, expected_sop_uid=affected_uid)
+            self.spool, self.min_free_bytes, sop_class,
+            lambda: leading_uids(received, syntax) or header_uids(event.dataset),
+            lambda: file_meta(sop_class, affected_uid, syntax) + received, calling_ae, expected_sop_uid=affected_uid)
         if isinstance(outcome, Refusal):
             self._on_refused(affected_uid, outcome.reason)
             return _status(outcome.status, outcome.comment)
