@@ -55,6 +55,9 @@ def send(files: list[Path], port: int, called: str, parallel: int) -> float:
 def one_run(receiver: str, parallel: int, work: Path, run: int) -> float:
     """Instances/s into `receiver`: storescp, orthanc, pynetdicom_bare, or node_p<processes>."""
     files = make_instances(work / "src", f"bench-ingest-{receiver}-{parallel}-{run}")
+    # the 60 MB just written flushed first: a receiver's fsync would otherwise pay for writing
+    # out the sender's files (ext4 commits them with its journal), which made runs vary 2-3x
+    os.sync()
     port = free_port()
     out = work / "received"
     out.mkdir()
