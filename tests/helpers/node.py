@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from db import JobStore
 from db.lifecycle import FINISHED
 from dicom_io.scu import echo
-from tests.helpers.tools import wait_until
+from tests.helpers.tools import free_port, wait_until
 from worker.settings import Settings
 
 LUMBARNODE = Path(sys.executable).with_name("lumbarnode")
@@ -48,3 +49,30 @@ def stop_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # anything left of the group
     except ProcessLookupError:
         pass
+
+
+class NodesInThreads:
+    """Nodes (`worker.node.Node`) run in this process, each loop in a thread, their Celery
+    queue a list of job ids (a stand-in: the queue itself is tested in test_node.py)."""
+
+    def __init__(self, data_dir: Path, **defaults):
+        self.data_dir = data_dir
+        self.defaults = {"host": "127.0.0.1", "allowed_callers": "PACS,STORESCU", "min_free_spool_mb": 0, **defaults}
+        self.running: list = []
+
+    def start(self, **changes):
+        from worker.node import Node
+
+        settings = Settings(data_dir=self.data_dir, port=free_port(), **{**self.defaults, **changes})
+        queued: list[int] = []
+        node = Node(settings, enqueue=queued.append)
+        node.start()
+        loop = threading.Thread(target=node.run, daemon=True)
+        loop.start()
+        self.running.append((node, loop))
+        return settings, node, queued
+
+    def stop_all(self) -> None:
+        for node, loop in self.running:
+            node.stop()
+            loop.join(timeout=10)

@@ -11,7 +11,6 @@ measured case runs the worker's own job function on the queued job with the ship
 from __future__ import annotations
 
 import subprocess
-import threading
 from pathlib import Path
 
 import pydicom
@@ -20,9 +19,9 @@ import pytest
 from dicom_io.scu import send_files
 from dicom_io.triage import missing_instances
 from tests.helpers.dicom_files import write_series
-from tests.helpers.tools import DCMTK_ENV, free_port, require_tool, wait_until
+from tests.helpers.node import NodesInThreads
+from tests.helpers.tools import DCMTK_ENV, require_tool, wait_until
 from worker import jobs
-from worker.node import Node
 from worker.settings import Settings
 
 WAIT_S = 1.5  # INCOMPLETE_WAIT_S here; the default is 120 s
@@ -30,24 +29,9 @@ WAIT_S = 1.5  # INCOMPLETE_WAIT_S here; the default is 120 s
 
 @pytest.fixture
 def node_factory(tmp_path):
-    running = []
-
-    def start(**changes) -> tuple[Settings, Node, list[int]]:
-        settings = Settings(data_dir=tmp_path / "node", host="127.0.0.1", port=free_port(), quiet_period_s=0.3,
-                            incomplete_wait_s=WAIT_S, allowed_callers="PACS,STORESCU", min_free_spool_mb=0,
-                            **changes)
-        queued: list[int] = []
-        node = Node(settings, enqueue=queued.append)
-        node.start()
-        loop = threading.Thread(target=node.run, daemon=True)
-        loop.start()
-        running.append((node, loop))
-        return settings, node, queued
-
-    yield start
-    for node, loop in running:
-        node.stop()
-        loop.join(timeout=10)
+    nodes = NodesInThreads(tmp_path / "node", quiet_period_s=0.3, incomplete_wait_s=WAIT_S)
+    yield nodes.start
+    nodes.stop_all()
 
 
 def series_uid(path: Path) -> str:

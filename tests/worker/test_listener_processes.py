@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -25,7 +24,8 @@ import pytest
 
 from dicom_io.scu import send_files
 from tests.helpers.dicom_files import write_series
-from tests.helpers.tools import DCMTK_ENV, free_port, require_tool, wait_until
+from tests.helpers.node import NodesInThreads
+from tests.helpers.tools import DCMTK_ENV, require_tool, wait_until
 from worker.listeners import ASSOCIATIONS_PER_CHILD, ListenerPool
 from worker.node import Node
 from worker.settings import Settings
@@ -33,24 +33,13 @@ from worker.settings import Settings
 
 @pytest.fixture
 def node_factory(tmp_path):
-    running = []
+    nodes = NodesInThreads(tmp_path / "node", quiet_period_s=0.5, incomplete_wait_s=1.5)
 
     def start(processes: int = 2, **changes) -> tuple[Settings, Node, list[int]]:
-        settings = Settings(data_dir=tmp_path / "node", host="127.0.0.1", port=free_port(), quiet_period_s=0.5,
-                            incomplete_wait_s=1.5, allowed_callers="PACS,STORESCU", min_free_spool_mb=0,
-                            listener_processes=processes, **changes)
-        queued: list[int] = []
-        node = Node(settings, enqueue=queued.append)
-        node.start()
-        loop = threading.Thread(target=node.run, daemon=True)
-        loop.start()
-        running.append((node, loop))
-        return settings, node, queued
+        return nodes.start(listener_processes=processes, **changes)
 
     yield start
-    for node, loop in running:
-        node.stop()
-        loop.join(timeout=10)
+    nodes.stop_all()
 
 
 def series_uid(path) -> str:
