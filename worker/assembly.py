@@ -38,6 +38,7 @@ from worker.settings import Settings
 
 log = logging.getLogger("lumbarnode.assembly")
 CALLER_FILE = ".calling_ae"  # in each series folder: who sent it, for the return address after a restart
+STALE_PART_S = 3600  # a temporary file of the listener this old was left by a crash mid-write (a write takes ms)
 RECEIVING_FILE = ".receiving"  # in a series folder while an association delivering to it is open: a node
 # killed then finds, on restart, the series that were cut short
 INCOMPLETE = Reason.INCOMPLETE_SERIES.coded()  # the reason of a skipped job, or the flag of a measured one
@@ -195,10 +196,12 @@ class SeriesAssembler:
         if not spool.is_dir():
             return 0
         covered = self.store.latest_instances()  # one query for every series, not one per folder
+        stale = 0
         for folder in sorted(p for p in spool.glob("*/*") if p.is_dir()):
             study_uid, series_uid = folder.parent.name, folder.name
             if not (is_uid(study_uid) and is_uid(series_uid)):
                 continue  # the retention cleaner's .trash among them
+            stale += _remove_stale_parts(folder)
             uids = {f.stem for f in folder.glob("*.dcm")}
             if not uids or covered.get(series_uid) == uids:
                 continue
@@ -211,7 +214,23 @@ class SeriesAssembler:
             count += 1
         if count:
             log.info("recovered %d spooled series that no job covers yet", count)
+        if stale:
+            log.info("removed %d temporary files that a listener stopped mid-write left in the spool", stale)
         return count
+
+
+def _remove_stale_parts(folder: Path) -> int:
+    """The listener's temporary files (never acknowledged: the rename comes before success)
+    left by a crash; only old ones, so that a write in progress is never touched."""
+    removed = 0
+    for part in folder.glob(".*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def instance_files(settings: Settings, job: JobView) -> list[Path]:

@@ -133,3 +133,30 @@ def test_a_series_whose_association_was_open_when_the_node_died_is_cut_short_aft
     (job,) = after.poll()
     assert job.status == "skipped" and job.reason == "incomplete_series" and "cut short" in job.error
     store.dispose()
+
+
+def test_a_temporary_file_left_by_a_crash_mid_write_is_removed_at_restart(tmp_path):
+    """A listener killed between creating its temporary file and the rename leaves a `.part`
+    (never acknowledged: success comes after the rename). The restarted node removes the old
+    ones and never one young enough to be a write in progress; neither counts as an instance."""
+    import os
+    import time
+
+    from db import JobStore
+    from dicom_io.scp import spool_path, write_atomically
+    from worker.assembly import STALE_PART_S, SeriesAssembler
+
+    settings = Settings(data_dir=tmp_path / "node", quiet_period_s=0.0, incomplete_wait_s=0.0)
+    store = JobStore(settings.database_url, create=True)
+    (path,) = write_series(tmp_path / "src", "crashed", slices=1)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    target = spool_path(settings.spool_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    write_atomically(target, path.read_bytes())
+    old = target.parent / f".{target.name}.x1.part"
+    young = target.parent / f".{target.name}.x2.part"
+    for part in (old, young):
+        part.write_bytes(b"half an instance")
+    os.utime(old, (time.time() - STALE_PART_S - 60,) * 2)
+    assert SeriesAssembler(store, settings, queue=store.get_job).recover() == 1  # the one whole instance
+    assert not old.exists() and young.exists() and target.exists()
+    store.dispose()
