@@ -104,11 +104,20 @@ def test_a_series_sent_to_two_listener_processes_makes_one_job(node_factory, tmp
     assert len(set(pool(node).pids)) == 2 and os.getpid() not in pool(node).pids
     seen = recorded_associations(node)
     files = write_series(tmp_path / "src", "split", slices=12)
-    first, second = pool(node).pids
-    with only(node, settings, first):
-        assert send_files(files[:6], settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
-    with only(node, settings, second):
-        assert send_files(files[6:], settings.ae_title, "127.0.0.1", settings.port, calling_ae="PACS").ok
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(MRImageStorage)
+    idle(node)
+    # both associations open before either sends: the first goes to one child, the second to
+    # the other (the fewest connections), and no quiet period passes between the halves
+    halves = [ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title) for _ in range(2)]
+    assert all(assoc.is_established for assoc in halves)
+    for assoc, part in zip(halves, (files[:6], files[6:])):
+        assert all(assoc.send_c_store(pydicom.dcmread(path)).Status == 0 for path in part)
+    for assoc in halves:
+        assoc.release()
     job = wait_until(lambda: (j := node.store.latest_job(series_uid(files[0]))) and j, 30, "the job")
     assert job.status == "queued" and job.instance_count == 12 and queued == [job.id]
     assert len({a // ASSOCIATIONS_PER_CHILD for a in seen}) == 2, seen  # numbered by two different processes
