@@ -143,6 +143,20 @@ def write_atomically(path: Path, data: bytes) -> None:
     fsync_folder(path.parent)
 
 
+def remove_stale_temporaries(folder: Path, older_than_s: float) -> int:
+    """write_atomically's temporary files left by a crash mid-write (never acknowledged: the
+    rename comes before success); only old ones, so that a write in progress is never touched."""
+    removed = 0
+    for part in folder.glob(".*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > older_than_s:
+                part.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def _touch(path: Path) -> bool:
     """True when the instance is already in the spool; its modification time moves on, which
     tells a cleaner deleting the series at this moment that it was acknowledged again."""

@@ -32,7 +32,7 @@ import pydicom
 from db import JobStore, JobView
 from db.lifecycle import Status
 from dicom_io.reasons import Reason, sentence
-from dicom_io.scp import StoredInstance, is_uid
+from dicom_io.scp import StoredInstance, is_uid, remove_stale_temporaries
 from dicom_io.triage import SeriesRules, frame_count, missing_instances, triage
 from worker.settings import Settings
 
@@ -201,7 +201,7 @@ class SeriesAssembler:
             study_uid, series_uid = folder.parent.name, folder.name
             if not (is_uid(study_uid) and is_uid(series_uid)):
                 continue  # the retention cleaner's .trash among them
-            stale += _remove_stale_parts(folder)
+            stale += remove_stale_temporaries(folder, STALE_PART_S)
             uids = {f.stem for f in folder.glob("*.dcm")}
             if not uids or covered.get(series_uid) == uids:
                 continue
@@ -217,20 +217,6 @@ class SeriesAssembler:
         if stale:
             log.info("removed %d temporary files that a listener stopped mid-write left in the spool", stale)
         return count
-
-
-def _remove_stale_parts(folder: Path) -> int:
-    """The listener's temporary files (never acknowledged: the rename comes before success)
-    left by a crash; only old ones, so that a write in progress is never touched."""
-    removed = 0
-    for part in folder.glob(".*.part"):
-        try:
-            if time.time() - part.stat().st_mtime > STALE_PART_S:
-                part.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 def instance_files(settings: Settings, job: JobView) -> list[Path]:
