@@ -78,7 +78,7 @@ def _members(folder: Path, count: int) -> list[str]:
     from pipeline.networks import build_unet
 
     settings = Settings()
-    shipped = settings.weights(settings.segmentation_model)
+    shipped = settings.first_network_weights()
     paths = [str(shipped)]
     for k in range(1, count):
         tf.keras.utils.set_random_seed(k)

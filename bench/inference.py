@@ -48,7 +48,7 @@ def run(repeats: int = 5) -> dict:
     settings = Settings()
     x_seg, x_cls = _inputs()
     unet = build_unet(classes=4, input_size=256)
-    unet.load_weights(settings.weights(settings.segmentation_model))
+    unet.load_weights(settings.first_network_weights())
     cls = build_deteclordose(input_size=224)
     cls.load_weights(settings.weights(settings.classifier_model))
     results: dict[str, dict] = {}
@@ -101,7 +101,7 @@ import time, json
 PEAK
 from pipeline.networks import build_unet
 from worker.settings import Settings
-s = Settings(); m = build_unet(classes=4, input_size=256); m.load_weights(s.weights(s.segmentation_model))
+s = Settings(); m = build_unet(classes=4, input_size=256); m.load_weights(s.first_network_weights())
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mib": peak()}))
 """,
     "onnxruntime": """

@@ -83,7 +83,7 @@ def sentences(finding: LordosisFinding) -> list[str]:
         lines = [f"L1-S1 lordosis: {finding.lla_class}",
                  f"LLA {finding.lla_deg:.1f} deg (hypolordosis below {low:g} deg, hyperlordosis from {high:g} deg)"]
         if finding.lla_spread_deg is not None:
-            lines.append(f"Spread across {finding.members} networks: {finding.lla_spread_deg:.1f} deg")
+            lines.append(f"Spread across {finding.members} segmentation passes: {finding.lla_spread_deg:.1f} deg")
     else:
         lines = [f"LLA not measured: {_why_not_measured(finding)}"]
     if finding.cnn_class is not None:

@@ -144,7 +144,9 @@ class Ensemble:
             # named by all its weights: other members make other results (and other result UIDs)
             combined = hashlib.sha256("".join(m.info.sha256 + ("~" if isinstance(m, Mirrored) else "")
                                               for m in self.members).encode()).hexdigest()
-            self.info = ModelInfo(name=f"{first.name} ensemble of {len(self.members)}", version=first.version,
+            one_network = len({m.info.sha256 for m in self.members}) == 1  # itself and its mirrored pass
+            name = f"{first.name} with mirrored pass" if one_network else f"{first.name} ensemble of {len(self.members)}"
+            self.info = ModelInfo(name=name, version=first.version,
                                   sha256=combined, architecture=first.architecture, input_size=first.input_size,
                                   classes=first.classes)
 

@@ -108,21 +108,25 @@ def _load_model(model_weights, builder):
 
 
 def predict_probabilities(model, images: Sequence[np.ndarray], input_size: int = SEGMENTATION_INPUT,
-                          batch_size: int = 8) -> Iterator[np.ndarray]:
+                          batch_size: int = 8, flip: bool = False) -> Iterator[np.ndarray]:
     """Class probabilities (rows, cols, classes) on each slice's own grid, through the shared
-    preprocessing contract; one slice at a time, so that a caller keeps only what it needs."""
+    preprocessing contract; one slice at a time, so that a caller keeps only what it needs.
+    flip: averaged with the network's output on the slices mirrored anterior <-> posterior,
+    as the worker's "name:flip" member does (pipeline.inference.Mirrored)."""
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         x = np.concatenate([to_network(image, input_size) for image in chunk])
         prob = model.predict(x, verbose=0)
+        if flip:
+            prob = (prob + model.predict(x[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2
         for image, p in zip(chunk, prob):
             yield from_network(p[None], image.shape)[0]
 
 
 def predict_segmentation(model, images: Sequence[np.ndarray], input_size: int = SEGMENTATION_INPUT,
-                         batch_size: int = 8) -> list[np.ndarray]:
+                         batch_size: int = 8, flip: bool = False) -> list[np.ndarray]:
     """Label maps (argmax) on each slice's own grid."""
-    probabilities = predict_probabilities(model, images, input_size, batch_size)
+    probabilities = predict_probabilities(model, images, input_size, batch_size, flip)
     return [np.argmax(p, axis=-1).astype(np.uint8) for p in probabilities]
 
 
@@ -133,18 +137,20 @@ def load_unet(model_weights, input_size: int = SEGMENTATION_INPUT):
 
 
 def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_size: int = SEGMENTATION_INPUT,
-                          batch_size: int = 8, return_predictions: bool = False, synthetic_series: int = 0):
+                          batch_size: int = 8, return_predictions: bool = False, synthetic_series: int = 0,
+                          flip: bool = False):
     """Dice / IoU per class (vertebra, disc, canal) per patient and their means (overall and per
     source), pooled Dice, pixel accuracy and a confusion matrix on exactly labelled pixels.
     Then identification and the L1-L5 angle on the slices with per-level labels, and the LLA on
     `synthetic_series` fresh phantom series (training.measurement).
-    `model_weights`: a .weights.h5 path or a built model. Returns the dict (and predictions)."""
+    `model_weights`: a .weights.h5 path or a built model; flip: with the mirrored pass, as the
+    shipped configuration runs (predict_probabilities). Returns the dict (and predictions)."""
     from training import measurement
 
     model = load_unet(model_weights, input_size)
     samples = [s for s in samples if s.mask is not None]
     predictions, vertebra_shares = [], []
-    for s, p in zip(samples, predict_probabilities(model, [s.image for s in samples], input_size, batch_size)):
+    for s, p in zip(samples, predict_probabilities(model, [s.image for s in samples], input_size, batch_size, flip)):
         predictions.append(np.argmax(p, axis=-1).astype(np.uint8))
         # kept for the angle on the per-level volumes only (float16: one map per slice, not four)
         per_level = s.extra.get("level_labels") is not None
@@ -207,7 +213,7 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
     if synthetic_series:
         print(f"measuring the LLA on {synthetic_series} fresh synthetic series ...", flush=True)
         metrics["lla_synthetic"] = measurement.synthetic_lla(
-            lambda images: list(predict_probabilities(model, images, input_size, batch_size)), synthetic_series)
+            lambda images: list(predict_probabilities(model, images, input_size, batch_size, flip)), synthetic_series)
     return (metrics, predictions) if return_predictions else metrics
 
 
@@ -451,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", choices=("validation", "train"), default="validation")
     p.add_argument("--synthetic-series", type=int, default=120,
                    help="segmentation: fresh synthetic series for the LLA agreement (0 = none)")
+    p.add_argument("--flip", action="store_true",
+                   help="segmentation: average each slice with its mirrored pass (test-time augmentation)")
     args = p.parse_args(argv)
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
@@ -464,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config["task"] == "segmentation":
         samples = [s for s in ds.segmentation_samples(**kwargs) if s.patient_id in ids]
         metrics, predictions = evaluate_segmentation(weights, samples, config["input_size"], return_predictions=True,
-                                                     synthetic_series=args.synthetic_series)
+                                                     synthetic_series=args.synthetic_series, flip=args.flip)
         write_segmentation_report(metrics, samples, predictions, out, run / "history.json")
         print_segmentation_summary(metrics)
     else:

@@ -137,7 +137,7 @@ def _lla_text(result: dict) -> str:
     if result["lla_deg"] is None:
         return "not measured"
     spread = result.get("lla_spread_deg")
-    across = "" if spread is None else f", spread {spread:.1f} deg across {len(result['lla_members_deg'])} networks"
+    across = "" if spread is None else f", spread {spread:.1f} deg across {len(result['lla_members_deg'])} segmentation passes"
     return f"{result['lla_deg']:.1f} deg ({result['class']}{across})"
 
 

@@ -121,7 +121,8 @@ def parse_callers(text: str) -> dict[str, Destination | WebDestination | None]:
 class Settings:
     # the method
     model_dir: Path = REPOSITORY / "models"
-    # one model name, or the members of an ensemble, comma-separated (the first names the result)
+    # one model name, or the members of an ensemble, comma-separated (the first names the result);
+    # "name:flip" is that network again on the mirrored slices (opt-in: models/MODEL_CARD.md)
     segmentation_model: str = "unet_4class"
     classifier_model: str = "deteclordose"
     lla_low_deg: float = 39.0  # below: hypolordosis
@@ -350,6 +351,10 @@ class Settings:
         names = [name.strip() for name in self.segmentation_model.split(",") if name.strip()]
         return [Path(f"{self.weights(name.removesuffix(':flip'))}{':flip' if name.endswith(':flip') else ''}")
                 for name in names]
+
+    def first_network_weights(self) -> Path:
+        """The first member's network file (the shipped U-Net itself, whatever passes run it)."""
+        return Path(str(self.segmentation_weights()[0]).removesuffix(":flip"))
 
     def missing_segmentation_weights(self) -> list[Path]:
         """The U-Net weights files that are not there (a mirrored member needs its network's file)."""

@@ -94,7 +94,7 @@ def test_process_with_an_ensemble_writes_the_spread_into_the_sr(two_member_model
     [spread] = group.get_measurements(name=codes.LLA_SPREAD)
     assert spread.value == 0.0 and spread.unit.value == "deg"
     texts = [str(i.TextValue) for i in group[0].ContentSequence if i.ValueType == "TEXT"]
-    assert "Spread across 2 networks: 0.0 deg" in texts
+    assert "Spread across 2 segmentation passes: 0.0 deg" in texts
     # OHIF takes the first NUM for its Cobb angle: the angle stays first
     assert [m.name.value for m in group.get_measurements()][0] == "285285000"
     assert pydicom.dcmread(tmp_path / "out" / "sr.dcm").SOPInstanceUID
@@ -148,6 +148,7 @@ def test_a_flip_member_reuses_the_loaded_network_on_mirrored_slices():
     slices = np.random.default_rng(0).integers(0, 255, (2, 96, 80)).astype(np.float32)
     np.testing.assert_allclose(mirrored.probabilities(slices), plain.probabilities(slices[..., ::-1])[:, :, ::-1])
     assert ensemble.info.sha256 != Ensemble.load([weights, weights]).info.sha256  # a mirror is another member
+    assert ensemble.info.name == "unet_4class with mirrored pass"
 
 
 def test_the_members_and_their_mirrors_in_one_call_give_each_members_own_probabilities():

@@ -36,7 +36,7 @@ def test_png_dicom_and_evaluate_segment_a_real_slice_alike(shared_data, models, 
     wrap_as_dicom(load_real(png), tmp_path / "dicom")
     as_dicom = analyze.run(tmp_path / "dicom", models, settings)
     image = load_real(png).image[0]
-    [as_evaluated] = predict_segmentation(load_unet(settings.weights(settings.segmentation_model)), [image])
+    [as_evaluated] = predict_segmentation(load_unet(settings.first_network_weights()), [image])
 
     assert as_png.class_maps is not None and as_dicom.class_maps is not None  # segmented, not refused
     np.testing.assert_array_equal(as_png.class_maps[0], as_dicom.class_maps[0])
@@ -73,3 +73,23 @@ def test_the_accuracy_bench_judges_a_real_volume_on_the_slice_analyze_chose(shar
     assert np.sign(case["l1_l5_measured_deg"]) == np.sign(case["l1_l5_reference_deg"])
     summary = summarise([case, {**case, "item": "chu2015-vb2/x.npz", "identified": False}])
     assert summary["chu2015-vb2"]["volumes"] == 2 and summary["chu2015-vb2"]["identified"] == 1
+
+
+def test_evaluate_with_flip_segments_as_analyze_with_the_mirrored_pass(shared_data, tmp_path):
+    """`lumbarnode evaluate --flip` measures the opt-in configuration "unet_4class,unet_4class:flip"
+    (models/MODEL_CARD.md compares both ways): the same segmentation as analyze with it."""
+    from dataclasses import replace
+
+    from training.evaluate import load_unet, predict_segmentation
+
+    settings = replace(Settings.from_env(), segmentation_model="unet_4class,unet_4class:flip")
+    png = shared_data / SLICE
+    with_mirror = analyze.run(png, Models.load(settings), settings)
+    unet, image = load_unet(settings.first_network_weights()), load_real(png).image[0]
+    [evaluated] = predict_segmentation(unet, [image], flip=True)
+    [plain] = predict_segmentation(unet, [image])
+    assert with_mirror.class_maps is not None
+    agreement = float(np.mean(with_mirror.class_maps[0] == evaluated))
+    assert agreement > 0.999, f"analyze and evaluate --flip agree on {agreement:.4%} of the pixels"
+    assert float(np.mean(plain != evaluated)) > 0.0005  # the mirrored pass changed something
+    assert rendering.as_json(with_mirror)["model"]["name"] == "unet_4class with mirrored pass"
