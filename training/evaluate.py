@@ -107,18 +107,30 @@ def _load_model(model_weights, builder):
     return model
 
 
+class MirroredPass:
+    """A network run on the slices mirrored anterior <-> posterior, its output mirrored back (as
+    pipeline.inference.Mirrored does for the worker)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, x: np.ndarray, verbose: int = 0) -> np.ndarray:
+        return self.model.predict(x[:, :, ::-1], verbose=verbose)[:, :, ::-1]
+
+
 def predict_probabilities(model, images: Sequence[np.ndarray], input_size: int = SEGMENTATION_INPUT,
                           batch_size: int = 8, flip: bool = False) -> Iterator[np.ndarray]:
     """Class probabilities (rows, cols, classes) on each slice's own grid, through the shared
     preprocessing contract; one slice at a time, so that a caller keeps only what it needs.
-    flip: averaged with the network's output on the slices mirrored anterior <-> posterior,
-    as the worker's "name:flip" member does (pipeline.inference.Mirrored)."""
+    model: one network, or an ensemble's members (a list), averaged as pipeline.inference.Ensemble
+    averages them; flip: each also on the slices mirrored anterior <-> posterior, as the
+    worker's "name:flip" member does (pipeline.inference.Mirrored)."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         x = np.concatenate([to_network(image, input_size) for image in chunk])
-        prob = model.predict(x, verbose=0)
-        if flip:
-            prob = (prob + model.predict(x[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2
+        prob = np.mean([m.predict(x, verbose=0) for m in models + ([MirroredPass(m) for m in models] if flip else [])],
+                       axis=0)
         for image, p in zip(chunk, prob):
             yield from_network(p[None], image.shape)[0]
 
@@ -138,16 +150,17 @@ def load_unet(model_weights, input_size: int = SEGMENTATION_INPUT):
 
 def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_size: int = SEGMENTATION_INPUT,
                           batch_size: int = 8, return_predictions: bool = False, synthetic_series: int = 0,
-                          flip: bool = False):
+                          flip: bool = False, members: Sequence = ()):
     """Dice / IoU per class (vertebra, disc, canal) per patient and their means (overall and per
     source), pooled Dice, pixel accuracy and a confusion matrix on exactly labelled pixels.
     Then identification and the L1-L5 angle on the slices with per-level labels, and the LLA on
     `synthetic_series` fresh phantom series (training.measurement).
-    `model_weights`: a .weights.h5 path or a built model; flip: with the mirrored pass, as the
-    shipped configuration runs (predict_probabilities). Returns the dict (and predictions)."""
+    `model_weights`: a .weights.h5 path or a built model; members: more of them, averaged with it
+    (an ensemble); flip: with the mirrored pass (predict_probabilities). Returns the dict (and
+    predictions)."""
     from training import measurement
 
-    model = load_unet(model_weights, input_size)
+    model = [load_unet(w, input_size) for w in (model_weights, *members)]
     samples = [s for s in samples if s.mask is not None]
     predictions, vertebra_shares = [], []
     for s, p in zip(samples, predict_probabilities(model, [s.image for s in samples], input_size, batch_size, flip)):
@@ -210,6 +223,17 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
     }
     metrics["identification"] = measurement.identification(samples, predictions)
     metrics["l1_l5_angle_real"] = measurement.l1_l5_angle(samples, predictions, vertebra_shares)
+    passes = model + ([MirroredPass(m) for m in model] if flip else [])
+    if len(passes) > 1:
+        # each pass alone on the real slices: does their disagreement (the spread the worker
+        # reports) follow the error of the combined angle?
+        real = [s for s in samples if s.source != ds.PHANTOM and s.extra.get("level_labels") is not None]
+        alone = []
+        for one in passes:
+            probabilities = list(predict_probabilities(one, [s.image for s in real], input_size, batch_size))
+            alone.append(measurement.l1_l5_angle(real, [np.argmax(p, axis=-1).astype(np.uint8) for p in probabilities],
+                                                 [vertebra_share(p) for p in probabilities]))
+        metrics["l1_l5_angle_real"]["spread"] = measurement.spread_against_error(metrics["l1_l5_angle_real"], alone)
     if synthetic_series:
         print(f"measuring the LLA on {synthetic_series} fresh synthetic series ...", flush=True)
         metrics["lla_synthetic"] = measurement.synthetic_lla(
@@ -232,6 +256,20 @@ def print_segmentation_summary(metrics: dict) -> None:
             print(f"  {name}: median |error| {m['median_abs_error_deg']:.2f} deg (95% CI {low:.2f}..{high:.2f}), "
                   f"MAE {m['mae_deg']:.2f}, "
                   f"bias {m['bias_deg']:+.2f}, n={m['n']}", flush=True)
+    spread = metrics.get("l1_l5_angle_real", {}).get("spread")
+    if spread and "rank_correlation" in spread:
+        alone = ", ".join(f"{e:.2f} (n={n})" for e, n in zip(spread["per_pass_median_abs_error_deg"],
+                                                          spread["per_pass_measured"]) if e is not None)
+        within, beyond = spread["within_limit"], spread["beyond_limit"]
+
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.2f}"
+
+        print(f"  each of the {spread['passes']} passes alone, real L1-L5 median |error|: {alone}; their spread "
+              f"(median {spread['median_spread_deg']:.2f} deg) against the error: rank correlation "
+              f"{spread['rank_correlation']:+.2f} over {spread['n']} slices; median |error| {fmt(within['median_abs_error_deg'])} "
+              f"deg within {spread['limit_deg']:g} deg ({within['slices']} slices), {fmt(beyond['median_abs_error_deg'])} "
+              f"beyond ({beyond['slices']})", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", choices=("validation", "train"), default="validation")
     p.add_argument("--synthetic-series", type=int, default=120,
                    help="segmentation: fresh synthetic series for the LLA agreement (0 = none)")
+    p.add_argument("--member", action="append", default=[], metavar="WEIGHTS",
+                   help="segmentation: another U-Net of the same recipe, averaged with the run's (an ensemble, "
+                        "as LUMBARNODE_SEGMENTATION_MODEL lists it); repeat for more")
     p.add_argument("--flip", action="store_true",
                    help="segmentation: average each slice with its mirrored pass (test-time augmentation)")
     args = p.parse_args(argv)
@@ -472,7 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config["task"] == "segmentation":
         samples = [s for s in ds.segmentation_samples(**kwargs) if s.patient_id in ids]
         metrics, predictions = evaluate_segmentation(weights, samples, config["input_size"], return_predictions=True,
-                                                     synthetic_series=args.synthetic_series, flip=args.flip)
+                                                     synthetic_series=args.synthetic_series, flip=args.flip,
+                                                     members=args.member)
         write_segmentation_report(metrics, samples, predictions, out, run / "history.json")
         print_segmentation_summary(metrics)
     else:

@@ -178,6 +178,32 @@ def l1_l5_angle(samples: Sequence[ds.Sample], predictions: Sequence[np.ndarray],
             "endplate_tilt_median_abs_error_deg": {lv: float(np.median(np.abs(v))) for lv, v in per_level.items() if v}}
 
 
+def spread_against_error(combined: dict, passes: Sequence[dict], limit_deg: float = 5.0) -> dict:
+    """Whether an ensemble's spread is an uncertainty: on the real slices every pass measured,
+    the range of the passes' own L1-L5 angles against the combined angle's error (results of
+    l1_l5_angle). A spread that follows the error ranks the slices as the error does (rank
+    correlation near 1) and leaves the slices within limit_deg (the worker's flag,
+    AnalysisConfig.max_member_spread_deg) with the smaller errors."""
+    angles = [{c["item"]: c["measured_deg"] for c in p.get("cases", [])} for p in passes]
+    rows = [(max(a[c["item"]] for a in angles) - min(a[c["item"]] for a in angles),
+             abs(c["measured_deg"] - c["reference_deg"]))
+            for c in combined.get("cases", []) if all(c["item"] in a for a in angles)]
+    result = {"passes": len(passes), "n": len(rows), "limit_deg": limit_deg,
+              "per_pass_median_abs_error_deg": [p.get("median_abs_error_deg") for p in passes],
+              "per_pass_measured": [p.get("n", 0) for p in passes]}
+    if len(rows) < 3:
+        return result
+    spread, error = np.array(rows).T
+    ranks = [np.argsort(np.argsort(v)) for v in (spread, error)]
+    within = spread <= limit_deg
+    return {**result, "rank_correlation": float(np.corrcoef(*ranks)[0, 1]),
+            "median_spread_deg": float(np.median(spread)),
+            "within_limit": {"slices": int(within.sum()),
+                             "median_abs_error_deg": float(np.median(error[within])) if within.any() else None},
+            "beyond_limit": {"slices": int((~within).sum()),
+                             "median_abs_error_deg": float(np.median(error[~within])) if (~within).any() else None}}
+
+
 def _tilt_errors(endplates: dict[str, Endplate | None], references: dict[str, Endplate | None]) -> dict[str, float]:
     """Per lumbar level, the predicted superior endplate's direction minus the reference's (deg):
     which endplates an angle's error comes from."""

@@ -121,3 +121,27 @@ def test_synthetic_lla_through_the_series_analysis(tmp_path):
     blind = measurement.synthetic_lla(blind, count=3, seed=7, slices=3, lla_range=(20.0, 70.0), cache_dir=tmp_path)
     assert blind["measured"] == 0 and len(blind["not_measured"]) == 3
     assert all("l1_not_found" in c["flags"] for c in blind["not_measured"])
+
+
+def test_spread_against_error_tells_a_spread_that_follows_the_error_from_one_that_does_not():
+    """evaluate --member/--flip: is the ensemble's spread an uncertainty? Cases built so that the
+    passes disagree exactly where the combined angle is wrong, and then independently of it."""
+    errors = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    combined = {"cases": [{"item": f"s{k}", "measured_deg": 30.0 + e, "reference_deg": 30.0}
+                          for k, e in enumerate(errors)]}
+
+    def passes(spreads):
+        return [{"cases": [{"item": f"s{k}", "measured_deg": 30.0} for k in range(6)], "n": 6, "median_abs_error_deg": 1.0},
+                {"cases": [{"item": f"s{k}", "measured_deg": 30.0 + d} for k, d in enumerate(spreads)], "n": 6,
+                 "median_abs_error_deg": 2.0}]
+
+    following = measurement.spread_against_error(combined, passes([0.1, 0.5, 1.0, 3.0, 7.0, 20.0]))
+    assert following["n"] == 6 and following["rank_correlation"] == pytest.approx(1.0)
+    assert following["within_limit"] == {"slices": 4, "median_abs_error_deg": 1.5}
+    assert following["beyond_limit"] == {"slices": 2, "median_abs_error_deg": 12.0}
+    unrelated = measurement.spread_against_error(combined, passes([20.0, 0.1, 7.0, 0.5, 3.0, 1.0]))
+    assert abs(unrelated["rank_correlation"]) < 0.5
+    # a slice one pass did not measure is left out, not counted as agreement
+    missing = passes([0.1, 0.5, 1.0, 3.0, 7.0, 20.0])
+    missing[1]["cases"] = missing[1]["cases"][:-1]
+    assert measurement.spread_against_error(combined, missing)["n"] == 5
