@@ -32,6 +32,7 @@ import numpy as np
 
 from pipeline.cobb import signed_angle_deg, to_mm
 from pipeline.labels import LEVEL_VALUES
+from pipeline.overlay import render_overlay
 from training.evaluate import overlap_counts
 from training.measurement import _level_under, median_interval, reference_endplate
 from dicom_io.volumes import load_real, wrap_as_dicom
@@ -62,7 +63,7 @@ def _direction_mm(ends, spacing) -> np.ndarray:
 
 def per_level_volume(path: Path, models, settings, work: Path) -> dict:
     """One volume through analyze as a DICOM series, judged on the slice analyze chose."""
-    from worker import analyze, method, rendering
+    from worker import analyze, rendering
 
     volume = load_real(path)
     folder = work / f"{path.parent.name}-{path.stem}"
@@ -93,15 +94,20 @@ def per_level_volume(path: Path, models, settings, work: Path) -> dict:
     case.update(slice_index=k, identified=not errors, errors=errors)
     ends = {lv: analysis.vertebrae[lv].superior_endplate_px for lv in ("L1", "L5")
             if lv in analysis.vertebrae and analysis.vertebrae[lv].superior_endplate_px is not None}
-    references = {lv: reference_endplate(truth, lv, spacing) for lv in ("L1", "L5")}
-    if len(ends) == 2 and all(references.values()):
+    references = {lv: reference_endplate(truth, lv, spacing) for lv in LUMBAR}
+    if len(ends) == 2 and references["L1"] is not None and references["L5"] is not None:
         measured_deg = signed_angle_deg(_direction_mm(ends["L1"], spacing), _direction_mm(ends["L5"], spacing))
         reference_deg = signed_angle_deg(np.asarray(references["L1"].direction_mm),
                                          np.asarray(references["L5"].direction_mm))
         case.update(l1_l5_measured_deg=round(float(measured_deg), 2), l1_l5_reference_deg=round(float(reference_deg), 2),
                     l1_l5_error_deg=round(float(measured_deg - reference_deg), 2))
+    # the measured slice as analyze drew it, with the reference endplates of its labels in green
+    notice = ("reference endplates green" if "l1_l5_error_deg" not in case else
+              f"L1-L5 {case['l1_l5_measured_deg']:.1f} deg, reference (green) {case['l1_l5_reference_deg']:.1f} deg")
+    drawn = {lv: (e.anterior_px, e.posterior_px) for lv, e in references.items() if e is not None}
+    picture = render_overlay(measured.slices.pixels[k], analysis, spacing, notice=notice, reference=drawn)
     PICTURES.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(PICTURES / f"{path.parent.name}-{path.stem}.png"), method.overlay_bgr(measured))
+    cv2.imwrite(str(PICTURES / f"{path.parent.name}-{path.stem}.png"), picture)
     return case
 
 

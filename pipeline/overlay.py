@@ -6,6 +6,8 @@ person sees is the angle that was measured, whatever the scanner's pixel aspect 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 
@@ -21,12 +23,19 @@ _LEVEL_COLOURS = {
 _COLOURS = {LEVEL_VALUES[k]: v for k, v in _LEVEL_COLOURS.items()}
 _COLOURS |= {UNIDENTIFIED_VERTEBRA: (150, 150, 150), DISC_VALUE: (255, 255, 0), CANAL_VALUE: (255, 90, 0)}
 _LINE = {"L1": (0, 0, 255), "S1": (255, 0, 255)}
+Point = tuple[float, float]
+
+
+_REFERENCE = (0, 255, 0)  # reference endplates (an evaluation's labels), green
 
 
 def render_overlay(image: np.ndarray, analysis: Analysis, spacing: tuple[float, float],
-                   min_side: int = 512, alpha: float = 0.35, notice: str | None = None) -> np.ndarray:
+                   min_side: int = 512, alpha: float = 0.35, notice: str | None = None,
+                   reference: Mapping[str, tuple[Point, Point]] | None = None) -> np.ndarray:
     """BGR uint8 picture of one slice with the analysis drawn on it, the result written in a band
-    above it; `notice` is a last line of that band (e.g. "not for primary diagnosis")."""
+    above it; `notice` is a last line of that band (e.g. "not for primary diagnosis").
+    `reference`: endplates from reference labels (level -> anterior and posterior end, pixels),
+    drawn in green beside the measured ones, for evaluation pictures (bench/accuracy)."""
     fine = min(spacing)
     scale_r, scale_c = spacing[0] / fine, spacing[1] / fine
     rows, cols = image.shape
@@ -58,6 +67,8 @@ def render_overlay(image: np.ndarray, analysis: Analysis, spacing: tuple[float, 
             cv2.line(picture, tuple(a.astype(int)), tuple(b.astype(int)), _LINE[level], thickness + 1, cv2.LINE_AA)
         else:
             cv2.line(picture, tuple(a.astype(int)), tuple(b.astype(int)), (255, 255, 255), thickness, cv2.LINE_AA)
+    for a, b in (reference or {}).values():
+        cv2.line(picture, xy(a), xy(b), _REFERENCE, thickness, cv2.LINE_AA)
     if analysis.lla_deg is not None:
         headline = f"LLA {analysis.lla_deg:.1f} deg  {analysis.lla_class}"
     else:

@@ -178,3 +178,22 @@ def test_a_kyphotic_angle_is_reported_negative_and_flagged():
     assert "kyphotic_angle" in result.flags
     lordotic = make_phantom(PhantomParams(lla_deg=30.0, seed=4, slices=7))
     assert "kyphotic_angle" not in analyze(classes_of(lordotic.labels), spacing).flags
+
+
+def test_the_overlay_draws_reference_endplates_in_green_only_when_given(phantoms):
+    """bench/accuracy's pictures: the reference endplates of the labels beside the measured ones."""
+    from pipeline.overlay import render_overlay
+
+    phantom = phantoms[0]
+    result = analyze(classes_of(phantom.labels), (0.9, 0.9))
+    image = phantom.image[result.slice_index]
+
+    def green(picture: np.ndarray) -> int:
+        b, g, r = (picture[..., c].astype(int) for c in range(3))
+        return int(np.sum(g - np.maximum(b, r) > 120))  # the levels' tints are never this green
+
+    plain = render_overlay(image, result, (0.9, 0.9))
+    drawn = render_overlay(image, result, (0.9, 0.9), notice="reference endplates green",
+                           reference={"L1": tuple(map(tuple, phantom.superior_endplates_px["L1"]))})
+    assert green(plain) == 0 and green(drawn) > 50
+    assert drawn.shape[0] > plain.shape[0]  # the notice is a line of its own
