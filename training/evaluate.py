@@ -225,8 +225,9 @@ def evaluate_segmentation(model_weights, samples: Sequence[ds.Sample], input_siz
     metrics["l1_l5_angle_real"] = measurement.l1_l5_angle(samples, predictions, vertebra_shares)
     passes = model + ([MirroredPass(m) for m in model] if flip else [])
     if len(passes) > 1:
-        # each pass alone on the real slices: does their disagreement (the spread the worker
-        # reports) follow the error of the combined angle?
+        # each pass alone on the real slices: does their disagreement (the worker's spread, here on
+        # the L1-L5 angle that the real labels check, since none labels S1) follow the combined
+        # angle's error?
         real = [s for s in samples if s.source != ds.PHANTOM and s.extra.get("level_labels") is not None]
         alone = []
         for one in passes:
