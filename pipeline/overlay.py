@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from pipeline.analysis import Analysis
+from pipeline.analysis import Analysis, Point
 from pipeline.labels import CANAL_VALUE, DISC_VALUE, LEVEL_VALUES, UNIDENTIFIED_VERTEBRA
 from pipeline.preprocess import normalise
 
@@ -23,7 +23,6 @@ _LEVEL_COLOURS = {
 _COLOURS = {LEVEL_VALUES[k]: v for k, v in _LEVEL_COLOURS.items()}
 _COLOURS |= {UNIDENTIFIED_VERTEBRA: (150, 150, 150), DISC_VALUE: (255, 255, 0), CANAL_VALUE: (255, 90, 0)}
 _LINE = {"L1": (0, 0, 255), "S1": (255, 0, 255)}
-Point = tuple[float, float]
 
 
 _REFERENCE = (0, 255, 0)  # reference endplates (an evaluation's labels), green

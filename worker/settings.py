@@ -352,13 +352,17 @@ class Settings:
         return [Path(f"{self.weights(name.removesuffix(':flip'))}{':flip' if name.endswith(':flip') else ''}")
                 for name in names]
 
+    def network_files(self) -> list[Path]:
+        """Each member's network file (a mirrored member's is its network's)."""
+        return [Path(str(path).removesuffix(":flip")) for path in self.segmentation_weights()]
+
     def first_network_weights(self) -> Path:
         """The first member's network file (the shipped U-Net itself, whatever passes run it)."""
-        return Path(str(self.segmentation_weights()[0]).removesuffix(":flip"))
+        return self.network_files()[0]
 
     def missing_segmentation_weights(self) -> list[Path]:
         """The U-Net weights files that are not there (a mirrored member needs its network's file)."""
-        files = [Path(str(path).removesuffix(":flip")) for path in self.segmentation_weights()]
+        files = self.network_files()
         return [path for path in files if not path.is_file()] if files else [self.model_dir]
 
     def oidc_roles(self) -> dict[str, str]:
